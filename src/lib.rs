@@ -1,0 +1,228 @@
+//! lark-bridge: a stateless ingress between Lark (Feishu) event delivery and a message broker.
+//!
+//! The data walks one way, and the module map follows it:
+//!
+//! - [`http`] — the webhook entrance (axum) and the admin listener; `source` — the
+//!   long-connection entrance. Both hand verified events to the pipeline.
+//! - [`lark`] — Lark's push protocol, pure: signature, decryption, envelopes. Only
+//!   [`lark::Verifier`] constructs a [`lark::VerifiedEvent`].
+//! - [`pipeline`] — normalize → dedup reserve → publish → dedup commit.
+//! - [`normalize`] — Lark event → CloudEvent v1, pure; [`event`] — the published form.
+//! - [`dedup`] and [`sink`] — the ports: stores and brokers behind small traits.
+//! - [`config`], [`metrics`], [`health`], [`logging`] — the supporting cast.
+//! - [`simulate`] — Lark's side of the protocol, for the quickstart, tests and load.
+
+pub mod config;
+pub mod dedup;
+pub mod event;
+pub mod health;
+pub mod http;
+pub mod lark;
+pub mod logging;
+pub mod metrics;
+pub mod normalize;
+pub mod pipeline;
+pub mod simulate;
+pub mod sink;
+
+use std::future::Future;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use config::{Config, DedupBackend, SinkKind};
+use dedup::DedupStore;
+use lark::{EncryptKey, Verifier};
+use metrics::Metrics;
+use pipeline::{Pipeline, PipelineSettings};
+use sink::Sink;
+
+/// Start-up failed; the message names what and why (never a secret).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+/// The verifier for the configured keys and tokens.
+pub fn verifier(cfg: &Config) -> Result<Verifier, StartError> {
+    let keys = match &cfg.lark.encrypt_key {
+        Some(k) => config::split_secret_list(k.expose(), cfg.lark.encrypt_key_file.is_some())
+            .map_err(|e| StartError(format!("lark.encrypt_key: {e}")))?
+            .iter()
+            .map(|k| EncryptKey::new(k))
+            .collect(),
+        None => Vec::new(),
+    };
+    let tokens = match &cfg.lark.verification_token {
+        Some(t) => {
+            config::split_secret_list(t.expose(), cfg.lark.verification_token_file.is_some())
+                .map_err(|e| StartError(format!("lark.verification_token: {e}")))?
+        }
+        None => Vec::new(),
+    };
+    Ok(Verifier::new(
+        keys,
+        tokens,
+        cfg.lark.max_timestamp_skew_secs,
+    ))
+}
+
+/// Connect the configured sink.
+pub async fn build_sink(cfg: &Config) -> Result<Arc<dyn Sink>, StartError> {
+    match cfg.sink.kind {
+        SinkKind::Stdout => Ok(Arc::new(sink::stdout::StdoutSink::new())),
+        SinkKind::Nats => Err(StartError(
+            "sink.kind = \"nats\" is not available yet".into(),
+        )),
+        SinkKind::Kafka => Err(StartError(
+            "sink.kind = \"kafka\" is not available yet".into(),
+        )),
+    }
+}
+
+/// Connect the configured dedup store.
+pub async fn build_dedup(cfg: &Config) -> Result<Arc<dyn DedupStore>, StartError> {
+    match cfg.dedup.backend {
+        DedupBackend::Memory => {
+            let store = dedup::memory::MemoryStore::new(cfg.dedup.memory.capacity);
+            store.spawn_purge(Duration::from_secs(10));
+            Ok(store)
+        }
+        DedupBackend::Redis => Err(StartError(
+            "dedup.backend = \"redis\" is not available yet".into(),
+        )),
+        DedupBackend::Nats => Err(StartError(
+            "dedup.backend = \"nats\" is not available yet".into(),
+        )),
+    }
+}
+
+/// The parts `run` wires together; tests may build their own (e.g. a channel sink).
+pub struct Components {
+    pub sink: Arc<dyn Sink>,
+    pub dedup: Arc<dyn DedupStore>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Components {
+    /// Connect everything the config names.
+    pub async fn from_config(cfg: &Config) -> Result<Components, StartError> {
+        let sink = build_sink(cfg).await?;
+        let dedup = build_dedup(cfg).await?;
+        let metrics = Arc::new(Metrics::new(sink.name(), dedup.backend()));
+        Ok(Components {
+            sink,
+            dedup,
+            metrics,
+        })
+    }
+}
+
+/// The bound listeners: the webhook one is absent in long-connection mode.
+pub struct Listeners {
+    pub webhook: Option<TcpListener>,
+    pub admin: TcpListener,
+}
+
+/// Build the pipeline for `cfg` over `c`.
+pub fn pipeline(cfg: &Config, c: &Components) -> Arc<Pipeline> {
+    Pipeline::new(
+        c.dedup.clone(),
+        c.sink.clone(),
+        c.metrics.clone(),
+        PipelineSettings {
+            lease: Duration::from_millis(cfg.dedup.lease_ms),
+            ttl: Duration::from_secs(cfg.dedup.ttl_secs),
+            forward_unknown: cfg.routing.forward_unknown,
+            on_store_error: cfg.dedup.on_store_error,
+        },
+    )
+}
+
+/// The webhook router for `cfg` over `pipeline` (tests drive it without sockets).
+pub fn webhook_router(
+    cfg: &Config,
+    pipeline: Arc<Pipeline>,
+    metrics: Arc<Metrics>,
+) -> Result<axum::Router, StartError> {
+    let state = Arc::new(http::ingress::IngressState {
+        verifier: verifier(cfg)?,
+        pipeline,
+        metrics,
+        max_body_bytes: cfg.server.max_body_bytes,
+        budget: Duration::from_millis(cfg.server.response_budget_ms),
+        read_timeout: Duration::from_millis(cfg.server.read_timeout_ms),
+        max_in_flight: cfg.server.max_in_flight,
+        in_flight: AtomicUsize::new(0),
+    });
+    Ok(http::ingress::router(&cfg.server.path, state))
+}
+
+/// Run until `shutdown` resolves: serve the webhook and admin listeners, probe dependencies,
+/// then drain in-flight requests (bounded by `server.shutdown_grace_secs`) and flush the sink.
+pub async fn run(
+    cfg: Config,
+    components: Components,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let metrics = components.metrics.clone();
+    if cfg.lark.allow_unverified
+        && cfg.lark.encrypt_key.is_none()
+        && cfg.lark.verification_token.is_none()
+    {
+        metrics.unverified_mode.set(1);
+        tracing::warn!("lark.allow_unverified = true and no encrypt key or token: forged requests will be accepted");
+    }
+    let pipeline = pipeline(&cfg, &components);
+    let health = health::Health::new();
+    let stop = CancellationToken::new();
+    let probes = health.spawn_probes(
+        components.sink.clone(),
+        components.dedup.clone(),
+        metrics.clone(),
+        Duration::from_secs(1),
+        stop.clone(),
+    );
+
+    let admin_router = http::admin::router(http::admin::AdminState {
+        health: health.clone(),
+        metrics: metrics.clone(),
+    });
+    let admin_stop = stop.clone();
+    tracing::info!(addr = %listeners.admin.local_addr().map(|a| a.to_string()).unwrap_or_default(), listener = "admin", "listening");
+    let admin = tokio::spawn(async move {
+        let _ = axum::serve(listeners.admin, admin_router)
+            .with_graceful_shutdown(async move { admin_stop.cancelled().await })
+            .await;
+    });
+
+    let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
+    if let Some(listener) = listeners.webhook {
+        let router = webhook_router(&cfg, pipeline.clone(), metrics.clone())?;
+        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), listener = "webhook", path = %cfg.server.path, sink = components.sink.name(), dedup = components.dedup.backend(), "listening");
+        http::server::serve(
+            listener,
+            router,
+            http::server::Limits {
+                max_connections: cfg.server.max_connections,
+                max_header_bytes: cfg.server.max_header_bytes,
+                read_timeout: Duration::from_millis(cfg.server.read_timeout_ms),
+                grace,
+            },
+            shutdown,
+        )
+        .await;
+    } else {
+        shutdown.await;
+    }
+    tracing::info!("shutting down: flushing the sink");
+    let _ = tokio::time::timeout(grace, components.sink.flush()).await;
+    stop.cancel();
+    let _ = probes.await;
+    let _ = admin.await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! Argument parsing and start-up only; everything else lives in the library.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use lark_bridge::config::{Config, SecretFiles};
+
+#[derive(Parser)]
+#[command(
+    name = "lark-bridge",
+    version,
+    about = "Lark (Feishu) events → CloudEvents on Kafka or NATS JetStream"
+)]
+struct Cli {
+    /// TOML config file (also LARK_BRIDGE_CONFIG).
+    #[arg(long, global = true, env = "LARK_BRIDGE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the bridge (the default).
+    Run,
+    /// Validate the layered config and print it, secrets as ***.
+    CheckConfig {
+        /// Check structure only; do not read secret files.
+        #[arg(long)]
+        skip_secret_files: bool,
+    },
+    /// Play Lark: send signed, encrypted ticket.created events to a bridge.
+    Simulate(lark_bridge::simulate::SimulateArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(real_main(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig { skip_secret_files } => {
+            let mode = if skip_secret_files {
+                SecretFiles::Skip
+            } else {
+                SecretFiles::Read
+            };
+            let cfg = Config::load(cli.config.as_deref(), mode)?;
+            print!("{}", cfg.to_redacted_toml());
+            eprintln!("config ok");
+            Ok(())
+        }
+        Command::Simulate(args) => {
+            lark_bridge::simulate::run(args)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            Ok(())
+        }
+        Command::Run => {
+            let cfg = Config::load(cli.config.as_deref(), SecretFiles::Read)?;
+            lark_bridge::logging::init(&cfg.log);
+            let components = lark_bridge::Components::from_config(&cfg).await?;
+            let webhook = match cfg.source.kind {
+                lark_bridge::config::SourceKind::Webhook => Some(
+                    tokio::net::TcpListener::bind(&cfg.server.listen)
+                        .await
+                        .with_context(|| {
+                            format!("server.listen: cannot bind {}", cfg.server.listen)
+                        })?,
+                ),
+                lark_bridge::config::SourceKind::LongConnection => None,
+            };
+            let admin = tokio::net::TcpListener::bind(&cfg.admin.listen)
+                .await
+                .with_context(|| format!("admin.listen: cannot bind {}", cfg.admin.listen))?;
+            lark_bridge::run(
+                cfg,
+                components,
+                lark_bridge::Listeners { webhook, admin },
+                shutdown_signal(),
+            )
+            .await?;
+            Ok(())
+        }
+    }
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}

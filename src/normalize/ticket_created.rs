@@ -1,0 +1,301 @@
+//! `helpdesk.ticket.created_v1` → `com.larksuite.helpdesk.ticket.created.v1`
+//! (normalized-schema.md §2). Every field is always present; unusable values become `null` or
+//! `"unknown"` rather than failing the event — a ticket is never lost over a bad enum.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::{base_attributes, NormalizeError, Warnings};
+use crate::event::{EventClass, Outgoing, RouteVars, TICKET_CREATED_SCHEMA, TICKET_CREATED_TYPE};
+use crate::lark::{time, VerifiedEvent};
+
+/// The `data` object, v1.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct TicketData {
+    pub ticket_id: String,
+    pub helpdesk_id: String,
+    pub guest: Option<Guest>,
+    pub stage: Option<&'static str>,
+    pub stage_code: Option<i64>,
+    pub status: Option<&'static str>,
+    pub status_code: Option<i64>,
+    pub score: Option<&'static str>,
+    pub score_code: Option<i64>,
+    pub solved: Option<bool>,
+    pub channel: Option<&'static str>,
+    pub channel_code: Option<i64>,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+    pub closed_at: Option<String>,
+    pub chat_id: Option<String>,
+    pub customized_fields: Vec<CustomizedField>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct Guest {
+    pub open_id: Option<String>,
+    pub union_id: Option<String>,
+    pub user_id: Option<String>,
+    pub name: Option<String>,
+    pub avatar_url: Option<String>,
+    pub email: Option<String>,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct CustomizedField {
+    pub id: Value,
+    pub value: Value,
+    pub key_name: Value,
+    pub display_name: Value,
+    pub position: Value,
+    pub required: Value,
+    pub editable: Value,
+}
+
+/// An integer code as Lark sends it: a number or a numeric string.
+enum Code {
+    Missing,
+    Int(i64),
+    NotANumber,
+}
+
+fn code(v: Option<&Value>) -> Code {
+    match v {
+        None | Some(Value::Null) => Code::Missing,
+        Some(Value::Number(n)) => n.as_i64().map(Code::Int).unwrap_or(Code::NotANumber),
+        Some(Value::String(s)) => s.trim().parse().map(Code::Int).unwrap_or(Code::NotANumber),
+        Some(_) => Code::NotANumber,
+    }
+}
+
+/// Label and code of an enum field: unknown integers keep their code with label "unknown".
+fn labelled(
+    v: Option<&Value>,
+    label: impl Fn(i64) -> Option<&'static str>,
+    unknown_int: &'static str,
+) -> (Option<&'static str>, Option<i64>) {
+    match code(v) {
+        Code::Missing => (None, None),
+        Code::Int(n) => (Some(label(n).unwrap_or(unknown_int)), Some(n)),
+        Code::NotANumber => (Some("unknown"), None),
+    }
+}
+
+fn id_string(v: Option<&Value>) -> Option<String> {
+    match v {
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
+        Some(Value::Number(n)) if n.is_u64() || n.is_i64() => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn opt_str(v: Option<&Value>) -> Option<String> {
+    match v {
+        Some(Value::String(s)) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn timestamp(v: Option<&Value>, field: &'static str, warnings: &mut Warnings) -> Option<String> {
+    match time::value_millis(v) {
+        Ok(Some(ms)) => time::rfc3339_millis(ms),
+        Ok(None) => None,
+        Err(_) => {
+            warnings.push(field);
+            None
+        }
+    }
+}
+
+/// Build the `data` object from Lark's `event`.
+pub fn ticket_data(event: &Value, warnings: &mut Warnings) -> Result<TicketData, NormalizeError> {
+    static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
+    let e = event
+        .as_object()
+        .unwrap_or_else(|| EMPTY.get_or_init(Map::new));
+    let ticket_id = id_string(e.get("ticket_id")).ok_or(NormalizeError::MissingTicketId)?;
+    let helpdesk_id = id_string(e.get("helpdesk_id")).ok_or(NormalizeError::MissingHelpdeskId)?;
+
+    let guest = e.get("guest").and_then(Value::as_object).map(|g| {
+        let id = g.get("id").and_then(Value::as_object);
+        let from_id = |k: &str| id.and_then(|i| opt_str(i.get(k)));
+        Guest {
+            open_id: from_id("open_id"),
+            union_id: from_id("union_id"),
+            user_id: from_id("user_id"),
+            name: opt_str(g.get("name")),
+            avatar_url: opt_str(g.get("avatar_url")),
+            email: opt_str(g.get("email")),
+        }
+    });
+
+    let (stage, stage_code) = labelled(
+        e.get("stage"),
+        |n| match n {
+            1 => Some("bot"),
+            2 => Some("human"),
+            _ => None,
+        },
+        "unknown",
+    );
+    let (status, status_code) = labelled(
+        e.get("status"),
+        |n| match n {
+            1 => Some("created"),
+            2 => Some("processing"),
+            3 => Some("queued"),
+            4 => Some("pending"),
+            5 => Some("waiting_for_user"),
+            50 => Some("closed_by_bot"),
+            51 => Some("closed_by_agent"),
+            52 => Some("closed_by_user"),
+            _ => None,
+        },
+        "unknown",
+    );
+    // Score 0 means "not rated": the same as missing.
+    let (score, score_code) = match code(e.get("score")) {
+        Code::Int(0) => (None, None),
+        _ => labelled(
+            e.get("score"),
+            |n| match n {
+                1 => Some("unsatisfied"),
+                2 => Some("neutral"),
+                3 => Some("satisfied"),
+                _ => None,
+            },
+            "unknown",
+        ),
+    };
+    let solved = match code(e.get("solve")) {
+        Code::Int(1) => Some(false),
+        Code::Int(2) => Some(true),
+        _ => None,
+    };
+    // Lark: "other numbers: other channels".
+    let (channel, channel_code) = labelled(
+        e.get("channel"),
+        |n| match n {
+            9 => Some("open_api"),
+            2 => Some("qr_code"),
+            14 => Some("share"),
+            13 => Some("search"),
+            _ => None,
+        },
+        "other",
+    );
+
+    let customized_fields = match e.get("customized_fields") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_object)
+            .map(|f| {
+                let get = |k: &str| f.get(k).cloned().unwrap_or(Value::Null);
+                CustomizedField {
+                    id: get("id"),
+                    value: get("value"),
+                    key_name: get("key_name"),
+                    display_name: get("display_name"),
+                    position: get("position"),
+                    required: get("required"),
+                    editable: get("editable"),
+                }
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+
+    Ok(TicketData {
+        ticket_id,
+        helpdesk_id,
+        guest,
+        stage,
+        stage_code,
+        status,
+        status_code,
+        score,
+        score_code,
+        solved,
+        channel,
+        channel_code,
+        created_at: timestamp(e.get("created_at"), "created_at", warnings),
+        updated_at: timestamp(e.get("updated_at"), "updated_at", warnings),
+        closed_at: timestamp(e.get("closed_at"), "closed_at", warnings),
+        chat_id: opt_str(e.get("chat_id")),
+        customized_fields,
+    })
+}
+
+/// Normalize a verified `helpdesk.ticket.created_v1` event. `received_ms` stands in for an
+/// absent or unreadable `create_time`.
+pub fn normalize(
+    ev: &VerifiedEvent,
+    received_ms: i64,
+    warnings: &mut Warnings,
+) -> Result<Outgoing, NormalizeError> {
+    let data = ticket_data(ev.event(), warnings)?;
+    let mut attrs = base_attributes(ev, received_ms, warnings);
+    attrs.ty = TICKET_CREATED_TYPE;
+    attrs.dataschema = TICKET_CREATED_SCHEMA;
+    attrs.subject = data.ticket_id.clone();
+    attrs.partitionkey = data.helpdesk_id.clone();
+    let route = RouteVars {
+        helpdesk_id: Some(data.helpdesk_id.clone()),
+        event_type: ev.event_type().to_string(),
+        tenant_key: ev.tenant_key().map(str::to_string),
+        app_id: ev.app_id().map(str::to_string),
+    };
+    Outgoing::new(EventClass::TicketCreated, attrs, route, &data)
+        .map_err(|_| NormalizeError::Serialize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn data(event: Value) -> (TicketData, Warnings) {
+        let mut w = Vec::new();
+        (ticket_data(&event, &mut w).unwrap(), w)
+    }
+
+    #[test]
+    fn required_ids() {
+        let mut w = Vec::new();
+        assert_eq!(
+            ticket_data(&json!({"helpdesk_id":"1"}), &mut w),
+            Err(NormalizeError::MissingTicketId)
+        );
+        assert_eq!(
+            ticket_data(&json!({"ticket_id":"1","helpdesk_id":""}), &mut w),
+            Err(NormalizeError::MissingHelpdeskId)
+        );
+        assert_eq!(
+            ticket_data(&json!(null), &mut w),
+            Err(NormalizeError::MissingTicketId)
+        );
+        let (d, _) = data(json!({"ticket_id": 12, "helpdesk_id": 34}));
+        assert_eq!((d.ticket_id.as_str(), d.helpdesk_id.as_str()), ("12", "34"));
+    }
+
+    #[test]
+    fn bad_timestamps_warn_and_become_null() {
+        let (d, w) =
+            data(json!({"ticket_id":"1","helpdesk_id":"2","created_at":"soon","closed_at":-1}));
+        assert_eq!(d.created_at, None);
+        assert_eq!(d.closed_at, None);
+        assert_eq!(w, vec!["created_at"]);
+    }
+
+    #[test]
+    fn score_zero_is_unrated_and_channel_unknown_int_is_other() {
+        let (d, _) =
+            data(json!({"ticket_id":"1","helpdesk_id":"2","score":0,"channel":5,"solve":"2"}));
+        assert_eq!((d.score, d.score_code), (None, None));
+        assert_eq!((d.channel, d.channel_code), (Some("other"), Some(5)));
+        assert_eq!(d.solved, Some(true));
+        let (d, _) = data(json!({"ticket_id":"1","helpdesk_id":"2","channel":"x","score":"x"}));
+        assert_eq!((d.channel, d.channel_code), (Some("unknown"), None));
+        assert_eq!((d.score, d.score_code), (Some("unknown"), None));
+    }
+}

@@ -1,0 +1,303 @@
+//! The walk every event takes, independent of how it arrived (webhook or long connection):
+//! normalize (pure) → dedup reserve → publish → dedup commit. The answer is decided here; the
+//! entrances only translate it (HTTP status, frame reply code).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::OnStoreError;
+use crate::dedup::{DedupStore, Owner, Reservation, Settled};
+use crate::event::Outgoing;
+use crate::lark::VerifiedEvent;
+use crate::metrics::Metrics;
+use crate::normalize::{self, NormalizeError};
+use crate::sink::{PublishErrorKind, Sink};
+
+/// What happened to an event that was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Processed {
+    /// The broker acknowledged it.
+    Published,
+    /// Already published (committed in the dedup store): not published again.
+    Duplicate,
+    /// Another event type, not forwarded.
+    Ignored,
+    /// Another event type, published in the raw envelope.
+    Forwarded,
+}
+
+/// Why an event was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PipelineError {
+    /// The event can never be normalized: 400, nothing reserved.
+    #[error("{0}")]
+    BadEvent(#[from] NormalizeError),
+    /// Try again later (503): sink or store failed, budget ran out, or a copy is in flight.
+    #[error("{0}")]
+    Unavailable(&'static str),
+}
+
+/// Settings the pipeline needs from the config.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    pub lease: Duration,
+    pub ttl: Duration,
+    pub forward_unknown: bool,
+    pub on_store_error: OnStoreError,
+}
+
+pub struct Pipeline {
+    dedup: Arc<dyn DedupStore>,
+    sink: Arc<dyn Sink>,
+    metrics: Arc<Metrics>,
+    settings: PipelineSettings,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Pipeline {
+    pub fn new(
+        dedup: Arc<dyn DedupStore>,
+        sink: Arc<dyn Sink>,
+        metrics: Arc<Metrics>,
+        settings: PipelineSettings,
+    ) -> Arc<Self> {
+        Arc::new(Pipeline {
+            dedup,
+            sink,
+            metrics,
+            settings,
+        })
+    }
+
+    pub fn sink(&self) -> &Arc<dyn Sink> {
+        &self.sink
+    }
+
+    pub fn dedup(&self) -> &Arc<dyn DedupStore> {
+        &self.dedup
+    }
+
+    /// Normalize an event, or decide it is ignored (`Ok(None)`). Pure; counts warnings.
+    pub fn prepare(&self, ev: &VerifiedEvent) -> Result<Option<Outgoing>, PipelineError> {
+        let mut warnings = Vec::new();
+        let out = if ev.event_type() == normalize::TICKET_CREATED {
+            normalize::ticket_created::normalize(ev, now_ms(), &mut warnings)?
+        } else if self.settings.forward_unknown {
+            normalize::raw::normalize(ev, now_ms(), &mut warnings)?
+        } else {
+            return Ok(None);
+        };
+        for w in warnings {
+            self.metrics
+                .normalize_warnings
+                .with_label_values(&[w])
+                .inc();
+        }
+        Ok(Some(out))
+    }
+
+    /// The whole walk, answered by `deadline`. Runs to completion even if the caller goes away
+    /// (the entrances spawn it), so a reservation is always committed or released.
+    pub async fn process(
+        self: Arc<Self>,
+        ev: VerifiedEvent,
+        deadline: Instant,
+    ) -> Result<Processed, PipelineError> {
+        let Some(out) = self.prepare(&ev)? else {
+            return Ok(Processed::Ignored);
+        };
+        let done = match out.class {
+            crate::event::EventClass::TicketCreated => Processed::Published,
+            crate::event::EventClass::Raw => Processed::Forwarded,
+        };
+        let backend = self.dedup.backend();
+
+        // Reserve.
+        let owner = match self
+            .timed_store(
+                "reserve",
+                deadline,
+                self.dedup.reserve(&out.attrs.id, self.settings.lease),
+            )
+            .await
+        {
+            Ok(Reservation::New(owner)) => {
+                self.metrics
+                    .dedup
+                    .with_label_values(&[backend, "new"])
+                    .inc();
+                Some(owner)
+            }
+            Ok(Reservation::Duplicate) => {
+                self.metrics
+                    .dedup
+                    .with_label_values(&[backend, "duplicate"])
+                    .inc();
+                return Ok(Processed::Duplicate);
+            }
+            Ok(Reservation::InFlight) => {
+                self.metrics
+                    .dedup
+                    .with_label_values(&[backend, "in_flight"])
+                    .inc();
+                return Err(PipelineError::Unavailable(
+                    "another copy of this event is being published; retry later",
+                ));
+            }
+            Err(e) => {
+                self.metrics
+                    .dedup
+                    .with_label_values(&[backend, "error"])
+                    .inc();
+                tracing::warn!(error = %e, backend, "dedup reserve failed");
+                match self.settings.on_store_error {
+                    OnStoreError::Reject => {
+                        return Err(PipelineError::Unavailable("dedup store unavailable"))
+                    }
+                    // Publish without a reservation: a duplicate is possible, a loss is not.
+                    OnStoreError::Publish => None,
+                }
+            }
+        };
+
+        // Publish.
+        let sink = self.sink.name();
+        let started = Instant::now();
+        let remaining = deadline.saturating_duration_since(started);
+        let result = match tokio::time::timeout(remaining, self.sink.publish(&out)).await {
+            Ok(r) => r,
+            Err(_) => Err(crate::sink::PublishError::timeout(
+                "no acknowledgement within the response budget",
+            )),
+        };
+        self.metrics
+            .publish_duration
+            .with_label_values(&[sink])
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(ack) => {
+                self.metrics.publish.with_label_values(&[sink, "ok"]).inc();
+                tracing::debug!(location = %ack.location, broker_duplicate = ack.duplicate, "published");
+            }
+            Err(e) => {
+                let result = if e.kind == PublishErrorKind::Timeout {
+                    "timeout"
+                } else {
+                    "error"
+                };
+                self.metrics
+                    .publish
+                    .with_label_values(&[sink, result])
+                    .inc();
+                tracing::warn!(error = %e, sink, "publish failed");
+                if let Some(owner) = owner {
+                    self.spawn_release(out.attrs.id.clone(), owner);
+                }
+                return Err(PipelineError::Unavailable(match e.kind {
+                    PublishErrorKind::Timeout => {
+                        "broker did not acknowledge within the response budget"
+                    }
+                    PublishErrorKind::Fatal => "broker refused the event",
+                    PublishErrorKind::Retryable => "broker unavailable",
+                }));
+            }
+        }
+
+        // Commit. The broker holds the event: the answer is 200 whatever happens here. The commit
+        // runs in its own task so that it finishes even when the budget is spent.
+        if let Some(owner) = owner {
+            let this = self.clone();
+            let id = out.attrs.id.clone();
+            let commit = tokio::spawn(async move {
+                let t = Instant::now();
+                let r = this.dedup.commit(&id, &owner, this.settings.ttl).await;
+                this.observe_store("commit", t);
+                match r {
+                    Ok(Settled::Done) => {}
+                    Ok(Settled::Lost) => {
+                        this.metrics
+                            .dedup_lost_races
+                            .with_label_values(&[backend, "commit"])
+                            .inc();
+                    }
+                    Err(e) => {
+                        this.metrics
+                            .dedup_store_errors
+                            .with_label_values(&[backend])
+                            .inc();
+                        this.metrics
+                            .dedup_commit_failures
+                            .with_label_values(&[backend])
+                            .inc();
+                        tracing::warn!(error = %e, backend, "dedup commit failed after the broker acknowledged");
+                    }
+                }
+            });
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let _ = tokio::time::timeout(remaining, commit).await;
+        }
+        Ok(done)
+    }
+
+    fn observe_store(&self, op: &str, started: Instant) {
+        self.metrics
+            .dedup_store_duration
+            .with_label_values(&[self.dedup.backend(), op])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// A store call bounded by the deadline; a timeout is a store error.
+    async fn timed_store<T>(
+        &self,
+        op: &str,
+        deadline: Instant,
+        fut: impl std::future::Future<Output = Result<T, crate::dedup::StoreError>>,
+    ) -> Result<T, crate::dedup::StoreError> {
+        let started = Instant::now();
+        let remaining = deadline.saturating_duration_since(started);
+        let r = match tokio::time::timeout(remaining, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(crate::dedup::StoreError(
+                "dedup store did not answer within the response budget".into(),
+            )),
+        };
+        self.observe_store(op, started);
+        if r.is_err() {
+            self.metrics
+                .dedup_store_errors
+                .with_label_values(&[self.dedup.backend()])
+                .inc();
+        }
+        r
+    }
+
+    /// Release in the background: the 503 need not wait for it, and if it fails the lease
+    /// expires on its own (well before Lark's first redelivery after 15 s).
+    fn spawn_release(self: &Arc<Self>, id: String, owner: Owner) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let r =
+                tokio::time::timeout(this.settings.lease, this.dedup.release(&id, &owner)).await;
+            this.observe_store("release", t);
+            match r {
+                Ok(Ok(Settled::Done)) => {}
+                Ok(Ok(Settled::Lost)) => {
+                    this.metrics
+                        .dedup_lost_races
+                        .with_label_values(&[this.dedup.backend(), "release"])
+                        .inc();
+                }
+                Ok(Err(_)) | Err(_) => {
+                    this.metrics
+                        .dedup_store_errors
+                        .with_label_values(&[this.dedup.backend()])
+                        .inc();
+                }
+            }
+        });
+    }
+}
