@@ -90,12 +90,12 @@ pub async fn build_dedup(cfg: &Config) -> Result<Arc<dyn DedupStore>, StartError
             store.spawn_purge(Duration::from_secs(10));
             Ok(store)
         }
-        DedupBackend::Redis => Err(StartError(
-            "dedup.backend = \"redis\" is not available yet".into(),
-        )),
-        DedupBackend::Nats => Err(StartError(
-            "dedup.backend = \"nats\" is not available yet".into(),
-        )),
+        DedupBackend::Redis => Ok(dedup::redis::RedisStore::connect(&cfg.dedup)
+            .await
+            .map_err(|e| StartError(format!("dedup.redis: {e}")))?),
+        DedupBackend::Nats => Ok(dedup::nats_kv::NatsKvStore::connect(&cfg.dedup)
+            .await
+            .map_err(|e| StartError(format!("dedup.nats: {e}")))?),
     }
 }
 

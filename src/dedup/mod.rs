@@ -4,6 +4,8 @@
 //! over can neither commit nor release the new owner's reservation.
 
 pub mod memory;
+pub mod nats_kv;
+pub mod redis;
 
 use std::time::Duration;
 

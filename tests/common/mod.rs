@@ -1,0 +1,314 @@
+//! Test harness: real brokers and stores started on free loopback ports (killed on drop), the
+//! bridge started in-process on port 0, and Lark's side played with real encryption/signatures.
+#![allow(dead_code)]
+
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lark_bridge::config::{Config, SecretFiles};
+use lark_bridge::lark::EncryptKey;
+use lark_bridge::simulate::{lark_request, ticket_event, LarkRequest};
+use lark_bridge::Components;
+use tokio::sync::oneshot;
+
+pub const KEY: &str = "test key";
+pub const TOKEN: &str = "tok_1234567890";
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Where `scripts/ensure-tools.sh` puts the brokers.
+pub fn cache_bin(name: &str) -> PathBuf {
+    let cache = std::env::var("LARK_BRIDGE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/lark-bridge"));
+    let p = cache.join("bin").join(name);
+    assert!(p.exists(), "{} is missing: run scripts/ensure-tools.sh", p.display());
+    p
+}
+
+/// A broker or store process on a loopback port, killed on drop.
+pub struct Proc {
+    child: Option<Child>,
+    pub port: u16,
+    argv: Vec<String>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Proc {
+    fn spawn(argv: Vec<String>, port: u16, dir: tempfile::TempDir) -> Proc {
+        let mut p = Proc { child: None, port, argv, dir };
+        p.start_process();
+        p
+    }
+
+    fn start_process(&mut self) {
+        let child = Command::new(&self.argv[0])
+            .args(&self.argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.argv[0]));
+        self.child = Some(child);
+    }
+
+    /// Wait until the port accepts connections.
+    pub async fn ready(&self) {
+        let addr = format!("127.0.0.1:{}", self.port);
+        for _ in 0..500 {
+            if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{} did not open port {}", self.argv[0], self.port);
+    }
+
+    /// Kill the process (SIGKILL) and wait for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start it again on the same port with the same data directory.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.start_process();
+        self.ready().await;
+    }
+
+    pub fn url(&self, scheme: &str) -> String {
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// nats-server ≥ 2.10 with JetStream (KV needs it).
+pub async fn start_nats() -> Proc {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let argv = vec![
+        cache_bin("nats-server").display().to_string(),
+        "-a".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        port.to_string(),
+        "-js".into(),
+        "-sd".into(),
+        dir.path().display().to_string(),
+    ];
+    let p = Proc::spawn(argv, port, dir);
+    p.ready().await;
+    p
+}
+
+pub async fn start_redis() -> Proc {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let argv = vec![
+        "redis-server".into(),
+        "--port".into(),
+        port.to_string(),
+        "--bind".into(),
+        "127.0.0.1".into(),
+        "--save".into(),
+        "".into(),
+        "--appendonly".into(),
+        "no".into(),
+        "--dir".into(),
+        dir.path().display().to_string(),
+    ];
+    let p = Proc::spawn(argv, port, dir);
+    p.ready().await;
+    p
+}
+
+/// tansu, a Kafka-protocol broker, storing in memory.
+pub async fn start_tansu() -> Proc {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let argv = vec![
+        cache_bin("tansu").display().to_string(),
+        "broker".into(),
+        "--listener-url".into(),
+        url.clone(),
+        "--advertised-listener-url".into(),
+        url,
+        "--storage-engine".into(),
+        "memory://tansu/".into(),
+    ];
+    let p = Proc::spawn(argv, port, dir);
+    p.ready().await;
+    p
+}
+
+/// A config from `LARK_BRIDGE__…`-style pairs, e.g. `("sink.kind", "nats")`, over test defaults
+/// (key and token set, loopback listeners on port 0).
+pub fn config(pairs: &[(&str, &str)]) -> Config {
+    let mut env: Vec<(String, String)> = vec![
+        ("lark.encrypt_key".into(), KEY.into()),
+        ("lark.verification_token".into(), TOKEN.into()),
+        ("server.listen".into(), "127.0.0.1:0".into()),
+        ("admin.listen".into(), "127.0.0.1:0".into()),
+    ];
+    for (k, v) in pairs {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.to_string(), v.to_string()));
+    }
+    let env: Vec<(String, String)> = env
+        .into_iter()
+        .map(|(k, v)| (format!("LARK_BRIDGE__{}", k.replace('.', "__").to_uppercase()), v))
+        .collect();
+    Config::load_from(None, &env, SecretFiles::Read).expect("test config is valid")
+}
+
+/// A bridge running in-process on loopback port 0.
+pub struct Bridge {
+    pub url: String,
+    pub admin: String,
+    pub metrics: Arc<lark_bridge::metrics::Metrics>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Bridge {
+    pub async fn start(cfg: Config, components: Components) -> Bridge {
+        let webhook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}{}", webhook.local_addr().unwrap(), cfg.server.path);
+        let admin_url = format!("http://{}", admin.local_addr().unwrap());
+        let metrics = components.metrics.clone();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            lark_bridge::run(
+                cfg,
+                components,
+                lark_bridge::Listeners {
+                    webhook: Some(webhook),
+                    admin,
+                },
+                async move {
+                    let _ = rx.await;
+                },
+            )
+            .await
+            .unwrap();
+        });
+        Bridge {
+            url,
+            admin: admin_url,
+            metrics,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Start with the sink and store the config names.
+    pub async fn from_config(cfg: Config) -> Bridge {
+        let c = Components::from_config(&cfg).await.expect("components start");
+        Bridge::start(cfg, c).await
+    }
+
+    /// Stop gracefully and wait for the shutdown to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+
+    /// Poll `/readyz` until its status is `want` (bounded).
+    pub async fn wait_ready(&self, want: u16) -> serde_json::Value {
+        let client = reqwest::Client::new();
+        let mut last = serde_json::Value::Null;
+        for _ in 0..200 {
+            if let Ok(r) = client.get(format!("{}/readyz", self.admin)).send().await {
+                let status = r.status().as_u16();
+                last = r.json().await.unwrap_or_default();
+                if status == want {
+                    return last;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("/readyz never answered {want}; last body {last}");
+    }
+
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The value of one sample in Prometheus text, e.g.
+/// `metric(&text, "lark_bridge_requests_total", &[("outcome","published"),("source","webhook")])`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        let (lbl, value) = match rest.strip_prefix('{') {
+            Some(r) => match r.split_once("} ") {
+                Some((l, v)) => (l, v),
+                None => continue,
+            },
+            None => match rest.strip_prefix(' ') {
+                Some(v) => ("", v),
+                None => continue,
+            },
+        };
+        if labels.iter().all(|(k, v)| lbl.split(',').any(|p| p == format!("{k}=\"{v}\""))) {
+            return value.trim().parse().unwrap();
+        }
+    }
+    panic!("no sample {name}{labels:?}");
+}
+
+/// A signed, encrypted ticket.created request with a fresh event id.
+pub fn ticket(helpdesk_id: &str) -> LarkRequest {
+    let id = format!("ev_{:016x}", rand::random::<u64>());
+    ticket_with_id(&id, helpdesk_id)
+}
+
+pub fn ticket_with_id(id: &str, helpdesk_id: &str) -> LarkRequest {
+    let plain = ticket_event(id, helpdesk_id, Some(TOKEN), false);
+    lark_request(id, &serde_json::to_vec(&plain).unwrap(), Some(&EncryptKey::new(KEY)))
+}
+
+/// Post a request as Lark would; returns status and JSON body.
+pub async fn post(url: &str, r: &LarkRequest) -> (u16, serde_json::Value) {
+    let client = reqwest::Client::new();
+    let mut req = client.post(url).body(r.body.clone());
+    for (k, v) in &r.headers {
+        req = req.header(*k, v);
+    }
+    let resp = req.send().await.expect("bridge answers");
+    let status = resp.status().as_u16();
+    let body = resp.json().await.unwrap_or(serde_json::Value::Null);
+    (status, body)
+}
