@@ -69,16 +69,28 @@ pub fn verifier(cfg: &Config) -> Result<Verifier, StartError> {
     ))
 }
 
+fn budget(cfg: &Config) -> Duration {
+    Duration::from_millis(cfg.server.response_budget_ms)
+}
+
 /// Connect the configured sink.
 pub async fn build_sink(cfg: &Config) -> Result<Arc<dyn Sink>, StartError> {
     match cfg.sink.kind {
         SinkKind::Stdout => Ok(Arc::new(sink::stdout::StdoutSink::new())),
-        SinkKind::Nats => Err(StartError(
-            "sink.kind = \"nats\" is not available yet".into(),
-        )),
-        SinkKind::Kafka => Err(StartError(
-            "sink.kind = \"kafka\" is not available yet".into(),
-        )),
+        SinkKind::Nats => {
+            Ok(
+                sink::nats::NatsSink::connect(&cfg.sink.nats, cfg.sink.mode, budget(cfg))
+                    .await
+                    .map_err(|e| StartError(format!("sink.nats: {e}")))?,
+            )
+        }
+        SinkKind::Kafka => {
+            Ok(
+                sink::kafka::KafkaSink::connect(&cfg.sink.kafka, cfg.sink.mode, budget(cfg))
+                    .await
+                    .map_err(|e| StartError(format!("sink.kafka: {e}")))?,
+            )
+        }
     }
 }
 

@@ -3,6 +3,8 @@
 //! the HTTP answer waits for it.
 
 pub mod channel;
+pub mod kafka;
+pub mod nats;
 pub mod stdout;
 
 use async_trait::async_trait;

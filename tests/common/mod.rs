@@ -18,16 +18,26 @@ pub const KEY: &str = "test key";
 pub const TOKEN: &str = "tok_1234567890";
 
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Where `scripts/ensure-tools.sh` puts the brokers.
 pub fn cache_bin(name: &str) -> PathBuf {
     let cache = std::env::var("LARK_BRIDGE_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/lark-bridge"));
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/lark-bridge")
+        });
     let p = cache.join("bin").join(name);
-    assert!(p.exists(), "{} is missing: run scripts/ensure-tools.sh", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/ensure-tools.sh",
+        p.display()
+    );
     p
 }
 
@@ -41,7 +51,12 @@ pub struct Proc {
 
 impl Proc {
     fn spawn(argv: Vec<String>, port: u16, dir: tempfile::TempDir) -> Proc {
-        let mut p = Proc { child: None, port, argv, dir };
+        let mut p = Proc {
+            child: None,
+            port,
+            argv,
+            dir,
+        };
         p.start_process();
         p
     }
@@ -82,6 +97,11 @@ impl Proc {
         self.kill();
         self.start_process();
         self.ready().await;
+    }
+
+    /// The process id (to freeze it with SIGSTOP).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
     pub fn url(&self, scheme: &str) -> String {
@@ -170,7 +190,12 @@ pub fn config(pairs: &[(&str, &str)]) -> Config {
     }
     let env: Vec<(String, String)> = env
         .into_iter()
-        .map(|(k, v)| (format!("LARK_BRIDGE__{}", k.replace('.', "__").to_uppercase()), v))
+        .map(|(k, v)| {
+            (
+                format!("LARK_BRIDGE__{}", k.replace('.', "__").to_uppercase()),
+                v,
+            )
+        })
         .collect();
     Config::load_from(None, &env, SecretFiles::Read).expect("test config is valid")
 }
@@ -186,9 +211,19 @@ pub struct Bridge {
 
 impl Bridge {
     pub async fn start(cfg: Config, components: Components) -> Bridge {
+        if let Ok(level) = std::env::var("LARK_BRIDGE_TEST_LOG") {
+            lark_bridge::logging::init(&lark_bridge::config::LogConfig {
+                format: lark_bridge::config::LogFormat::Text,
+                level,
+            });
+        }
         let webhook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}{}", webhook.local_addr().unwrap(), cfg.server.path);
+        let url = format!(
+            "http://{}{}",
+            webhook.local_addr().unwrap(),
+            cfg.server.path
+        );
         let admin_url = format!("http://{}", admin.local_addr().unwrap());
         let metrics = components.metrics.clone();
         let (tx, rx) = oneshot::channel();
@@ -218,7 +253,9 @@ impl Bridge {
 
     /// Start with the sink and store the config names.
     pub async fn from_config(cfg: Config) -> Bridge {
-        let c = Components::from_config(&cfg).await.expect("components start");
+        let c = Components::from_config(&cfg)
+            .await
+            .expect("components start");
         Bridge::start(cfg, c).await
     }
 
@@ -271,7 +308,9 @@ impl Drop for Bridge {
 /// `metric(&text, "lark_bridge_requests_total", &[("outcome","published"),("source","webhook")])`.
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else { continue };
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
         let (lbl, value) = match rest.strip_prefix('{') {
             Some(r) => match r.split_once("} ") {
                 Some((l, v)) => (l, v),
@@ -282,7 +321,10 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                 None => continue,
             },
         };
-        if labels.iter().all(|(k, v)| lbl.split(',').any(|p| p == format!("{k}=\"{v}\""))) {
+        if labels
+            .iter()
+            .all(|(k, v)| lbl.split(',').any(|p| p == format!("{k}=\"{v}\"")))
+        {
             return value.trim().parse().unwrap();
         }
     }
@@ -297,7 +339,11 @@ pub fn ticket(helpdesk_id: &str) -> LarkRequest {
 
 pub fn ticket_with_id(id: &str, helpdesk_id: &str) -> LarkRequest {
     let plain = ticket_event(id, helpdesk_id, Some(TOKEN), false);
-    lark_request(id, &serde_json::to_vec(&plain).unwrap(), Some(&EncryptKey::new(KEY)))
+    lark_request(
+        id,
+        &serde_json::to_vec(&plain).unwrap(),
+        Some(&EncryptKey::new(KEY)),
+    )
 }
 
 /// Post a request as Lark would; returns status and JSON body.

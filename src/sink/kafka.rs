@@ -1,0 +1,217 @@
+//! Kafka sink (rdkafka / librdkafka): an idempotent producer with `acks=all` and Java-compatible
+//! `murmur2_random` partitioning, so consumers in any language agree on key → partition. A
+//! publish resolves on the delivery report; `message.timeout.ms` defaults to the response budget
+//! (and may not exceed it), so librdkafka never keeps retrying a message after we answered 503.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+
+use super::{Ack, PublishError, Sink};
+use crate::config::{ContentMode, KafkaSinkConfig};
+use crate::event::{
+    kafka_topic_char, render_template, EventClass, Outgoing, DATA_CONTENT_TYPE,
+    STRUCTURED_CONTENT_TYPE,
+};
+
+/// The one place the librdkafka configuration is built: our defaults, then the user's
+/// `sink.kafka.properties` (already merged with `properties_file`) on top.
+pub fn client_config(cfg: &KafkaSinkConfig, budget: Duration) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.brokers)
+        .set("client.id", "lark-bridge")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("message.timeout.ms", budget.as_millis().to_string())
+        .set("linger.ms", "2")
+        .set("socket.connection.setup.timeout.ms", "2000")
+        .set("allow.auto.create.topics", "false");
+    for (k, v) in &cfg.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+fn is_fixed(template: &str) -> bool {
+    !template.contains('{')
+}
+
+pub struct KafkaSink {
+    producer: FutureProducer,
+    cfg: KafkaSinkConfig,
+    mode: ContentMode,
+}
+
+impl KafkaSink {
+    /// Create the producer (it connects lazily; readiness reports the broker) and, with
+    /// `create_topics = true`, the fixed topics.
+    pub async fn connect(
+        cfg: &KafkaSinkConfig,
+        mode: ContentMode,
+        budget: Duration,
+    ) -> Result<Arc<Self>, String> {
+        let cc = client_config(cfg, budget);
+        let producer: FutureProducer = cc
+            .create()
+            .map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
+        if cfg.create_topics {
+            let admin: AdminClient<DefaultClientContext> = cc
+                .create()
+                .map_err(|e| format!("cannot create the Kafka admin client: {e}"))?;
+            let topics: Vec<NewTopic> = [&cfg.topic, &cfg.raw_topic]
+                .into_iter()
+                .filter(|t| is_fixed(t))
+                .map(|t| {
+                    NewTopic::new(
+                        t,
+                        cfg.topic_partitions,
+                        TopicReplication::Fixed(cfg.topic_replication_factor),
+                    )
+                })
+                .collect();
+            let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+            match admin.create_topics(&topics, &opts).await {
+                Ok(results) => {
+                    for r in results {
+                        match r {
+                            Ok(t) => tracing::info!(topic = %t, "created Kafka topic"),
+                            Err((t, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                                tracing::debug!(topic = %t, "Kafka topic exists")
+                            }
+                            Err((t, code)) => {
+                                return Err(format!("cannot create Kafka topic {t}: {code}"))
+                            }
+                        }
+                    }
+                }
+                Err(e) => return Err(format!("cannot create Kafka topics: {e}")),
+            }
+        }
+        Ok(Arc::new(KafkaSink {
+            producer,
+            cfg: cfg.clone(),
+            mode,
+        }))
+    }
+
+    pub fn topic(&self, ev: &Outgoing) -> String {
+        let t = match ev.class {
+            EventClass::TicketCreated => &self.cfg.topic,
+            EventClass::Raw => &self.cfg.raw_topic,
+        };
+        render_template(t, &ev.route, kafka_topic_char)
+    }
+
+    fn headers(&self, ev: &Outgoing) -> OwnedHeaders {
+        let h = OwnedHeaders::new();
+        match self.mode {
+            ContentMode::Structured => h
+                .insert(Header {
+                    key: "content-type",
+                    value: Some(STRUCTURED_CONTENT_TYPE),
+                })
+                .insert(Header {
+                    key: "ce_id",
+                    value: Some(ev.attrs.id.as_str()),
+                })
+                .insert(Header {
+                    key: "ce_type",
+                    value: Some(ev.attrs.ty),
+                }),
+            ContentMode::Binary => {
+                let mut h = h.insert(Header {
+                    key: "content-type",
+                    value: Some(DATA_CONTENT_TYPE),
+                });
+                for (name, value) in ev.attrs.binary_pairs() {
+                    let key = format!("ce_{name}");
+                    h = h.insert(Header {
+                        key: &key,
+                        value: Some(value),
+                    });
+                }
+                h
+            }
+        }
+    }
+}
+
+fn classify(e: KafkaError) -> PublishError {
+    let msg = format!("kafka: {e}");
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageTimedOut) => PublishError::timeout(msg),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::InvalidTopic,
+        ) => PublishError::fatal(msg),
+        _ => PublishError::retryable(msg),
+    }
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    async fn publish(&self, ev: &Outgoing) -> Result<Ack, PublishError> {
+        let topic = self.topic(ev);
+        let payload = match self.mode {
+            ContentMode::Structured => &ev.structured,
+            ContentMode::Binary => &ev.data,
+        };
+        let record = FutureRecord::to(&topic)
+            .key(ev.key())
+            .payload(payload.as_ref())
+            .headers(self.headers(ev));
+        // A full local queue is overload, not a reason to wait: fail at once.
+        match self
+            .producer
+            .send(record, Timeout::After(Duration::ZERO))
+            .await
+        {
+            Ok(d) => Ok(Ack {
+                location: format!("{topic}/{}@{}", d.partition, d.offset),
+                duplicate: false,
+            }),
+            Err((e, _)) => Err(classify(e)),
+        }
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        let producer = self.producer.clone();
+        let fixed = is_fixed(&self.cfg.topic).then(|| self.cfg.topic.clone());
+        tokio::task::spawn_blocking(move || {
+            // All topics' metadata: asking for one topic could auto-create it on some brokers.
+            let md = producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(1))
+                .map_err(|e| format!("kafka: brokers unreachable: {e}"))?;
+            if let Some(t) = fixed {
+                match md.topics().iter().find(|x| x.name() == t) {
+                    Some(x) if x.error().is_none() && !x.partitions().is_empty() => {}
+                    _ => return Err(format!("kafka: topic {t} missing")),
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| format!("kafka: check failed: {e}"))?
+    }
+
+    async fn flush(&self) {
+        let producer = self.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+    }
+}
