@@ -374,8 +374,7 @@ pub struct KafkaSinkConfig {
     /// Topic template for raw events. Default `lark.events.raw.v1`.
     pub raw_topic: String,
     /// Any librdkafka setting (SASL, TLS, linger.ms, …), passed through.
-    #[serde(serialize_with = "serialize_kafka_properties")]
-    pub properties: BTreeMap<String, String>,
+    pub properties: KafkaProperties,
     /// A file of `key=value` lines merged over `properties` (where SASL passwords go).
     pub properties_file: Option<PathBuf>,
     /// Create fixed topics at start. Default false.
@@ -392,7 +391,7 @@ impl Default for KafkaSinkConfig {
             brokers: "127.0.0.1:9092".into(),
             topic: "lark.helpdesk.ticket.created.v1".into(),
             raw_topic: "lark.events.raw.v1".into(),
-            properties: BTreeMap::new(),
+            properties: KafkaProperties::default(),
             properties_file: None,
             create_topics: false,
             topic_partitions: 12,
@@ -407,22 +406,50 @@ pub fn is_secret_property(name: &str) -> bool {
     n.contains("password") || n.contains("secret") || n.contains("key")
 }
 
-fn serialize_kafka_properties<S: Serializer>(
-    props: &BTreeMap<String, String>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    let shown: BTreeMap<&str, &str> = props
-        .iter()
-        .map(|(k, v)| {
-            let v = if is_secret_property(k) {
-                "***"
-            } else {
-                v.as_str()
-            };
-            (k.as_str(), v)
-        })
-        .collect();
-    shown.serialize(s)
+/// librdkafka properties. `Debug` and `Serialize` show secret-looking values as `***`.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct KafkaProperties(pub BTreeMap<String, String>);
+
+impl KafkaProperties {
+    fn shown(&self) -> BTreeMap<&str, &str> {
+        self.0
+            .iter()
+            .map(|(k, v)| {
+                let v = if is_secret_property(k) {
+                    "***"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), v)
+            })
+            .collect()
+    }
+}
+
+impl std::ops::Deref for KafkaProperties {
+    type Target = BTreeMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KafkaProperties {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.shown().fmt(f)
+    }
+}
+
+impl Serialize for KafkaProperties {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.shown().serialize(s)
+    }
 }
 
 /// Deduplication by event id.

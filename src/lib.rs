@@ -20,6 +20,7 @@ pub mod http;
 pub mod lark;
 pub mod logging;
 pub mod metrics;
+pub mod natsconn;
 pub mod normalize;
 pub mod pipeline;
 pub mod simulate;
@@ -168,6 +169,7 @@ pub fn webhook_router(
         read_timeout: Duration::from_millis(cfg.server.read_timeout_ms),
         max_in_flight: cfg.server.max_in_flight,
         in_flight: AtomicUsize::new(0),
+        max_header_bytes: cfg.server.max_header_bytes,
     });
     Ok(http::ingress::router(&cfg.server.path, state))
 }

@@ -30,6 +30,18 @@ pub struct IngressState {
     pub read_timeout: Duration,
     pub max_in_flight: usize,
     pub in_flight: AtomicUsize,
+    /// Largest request head; larger → 431 (JSON, outcome `bad_request`). hyper's own buffer
+    /// is twice this, so only absurd heads get hyper's bare 431.
+    pub max_header_bytes: usize,
+}
+
+/// Approximate size of the request head as it came on the wire.
+fn head_size(method: &Method, uri: &axum::http::Uri, headers: &HeaderMap) -> usize {
+    let line = method.as_str().len() + uri.to_string().len() + 12;
+    line + headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
 }
 
 pub fn router(path: &str, state: Arc<IngressState>) -> Router {
@@ -56,6 +68,7 @@ impl Drop for InFlight<'_> {
 async fn webhook(
     State(s): State<Arc<IngressState>>,
     method: Method,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -66,7 +79,7 @@ async fn webhook(
         event_id = tracing::field::Empty,
         event_type = tracing::field::Empty,
     );
-    let (outcome, response) = handle(&s, started, method, headers, body)
+    let (outcome, response) = handle(&s, started, method, uri, headers, body)
         .instrument(span.clone())
         .await;
     let elapsed = started.elapsed();
@@ -85,6 +98,7 @@ async fn handle(
     s: &IngressState,
     started: Instant,
     method: Method,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> (Outcome, Response) {
@@ -99,6 +113,15 @@ async fn handle(
     s.metrics.in_flight.inc();
     let _guard = InFlight(s);
 
+    if head_size(&method, &uri, &headers) > s.max_header_bytes {
+        return (
+            Outcome::BadRequest,
+            reply(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request head is larger than server.max_header_bytes",
+            ),
+        );
+    }
     if method != Method::POST {
         let mut r = reply(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -34,7 +34,8 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        // The handler enforces max_header_bytes with a JSON 431; this is the hard cap behind it.
+        .max_buf_size((limits.max_header_bytes * 2).max(8192))
         .max_headers(100)
         .keep_alive(true);
     tokio::pin!(shutdown);

@@ -20,6 +20,13 @@ pub(crate) enum Form {
         token: Option<Value>,
     },
     Event(Box<EventParts>),
+    /// An event envelope whose id or type is missing or malformed. The refusal (lark-protocol.md
+    /// §6 step 8) waits for the token check (step 6): a request with a wrong token is a 401
+    /// whatever else is wrong with it.
+    BadEvent {
+        token: Option<Value>,
+        rejection: Rejection,
+    },
 }
 
 /// The parts of an event every later step needs. Fields are read once, here.
@@ -80,16 +87,33 @@ pub(crate) fn detect(mut m: Map<String, Value>) -> Result<Form, Rejection> {
         let schema = schema.to_string();
         let header = match m.remove("header") {
             Some(Value::Object(h)) => h,
-            _ => return Err(Rejection::bad_request("event header is missing")),
+            _ => {
+                return Ok(Form::BadEvent {
+                    token: None,
+                    rejection: Rejection::bad_request("event header is missing"),
+                })
+            }
         };
-        let event_id = str_field(&header, "event_id")?
-            .filter(|s| !s.is_empty())
-            .ok_or(Rejection::bad_request("event_id is missing"))?
-            .to_string();
-        let event_type = str_field(&header, "event_type")?
-            .filter(|s| !s.is_empty())
-            .ok_or(Rejection::bad_request("event type is missing"))?
-            .to_string();
+        let ids = (|| {
+            let event_id = str_field(&header, "event_id")?
+                .filter(|s| !s.is_empty())
+                .ok_or(Rejection::bad_request("event_id is missing"))?
+                .to_string();
+            let event_type = str_field(&header, "event_type")?
+                .filter(|s| !s.is_empty())
+                .ok_or(Rejection::bad_request("event type is missing"))?
+                .to_string();
+            Ok((event_id, event_type))
+        })();
+        let (event_id, event_type) = match ids {
+            Ok(ids) => ids,
+            Err(rejection) => {
+                return Ok(Form::BadEvent {
+                    token: header.get("token").cloned(),
+                    rejection,
+                })
+            }
+        };
         return Ok(Form::Event(Box::new(EventParts {
             version: Version::V2,
             event_id,
@@ -109,15 +133,24 @@ pub(crate) fn detect(mut m: Map<String, Value>) -> Result<Form, Rejection> {
         let (event_type, app_id, tenant_key) = match &event {
             Value::Object(e) => (
                 str_field(e, "type")
-                    .map_err(|_| Rejection::bad_request("event type is not a string"))?
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string),
+                    .map_err(|_| Rejection::bad_request("event type is not a string"))
+                    .map(|t| t.filter(|s| !s.is_empty()).map(str::to_string)),
                 opt_string(e, "app_id"),
                 opt_string(e, "tenant_key"),
             ),
-            _ => (None, None, None),
+            _ => (Ok(None), None, None),
         };
-        let event_type = event_type.ok_or(Rejection::bad_request("event type is missing"))?;
+        let event_type = match event_type
+            .and_then(|t| t.ok_or(Rejection::bad_request("event type is missing")))
+        {
+            Ok(t) => t,
+            Err(rejection) => {
+                return Ok(Form::BadEvent {
+                    token: m.remove("token"),
+                    rejection,
+                })
+            }
+        };
         return Ok(Form::Event(Box::new(EventParts {
             version: Version::V1,
             event_id,

@@ -76,6 +76,8 @@ impl Rejection {
 }
 
 /// What a verified request asks for.
+// Built once per request and destructured at once: boxing the event would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Inbound {
     /// URL verification: echo this.
@@ -135,6 +137,7 @@ impl VerifiedEvent {
         }
         match envelope::detect(m)? {
             Form::Event(p) => Ok(VerifiedEvent(*p)),
+            Form::BadEvent { rejection, .. } => Err(rejection),
             Form::Challenge { .. } => {
                 Err(Rejection::bad_request("challenge on the long connection"))
             }
@@ -147,6 +150,7 @@ impl VerifiedEvent {
     pub fn unverified_for_tests(plaintext: &[u8]) -> Result<VerifiedEvent, Rejection> {
         match envelope::detect(parse_object(plaintext)?)? {
             Form::Event(p) => Ok(VerifiedEvent(*p)),
+            Form::BadEvent { rejection, .. } => Err(rejection),
             Form::Challenge { .. } => Err(Rejection::bad_request("challenge")),
         }
     }
@@ -264,6 +268,10 @@ impl Verifier {
             Form::Event(parts) => {
                 self.check_token(parts.token.as_ref())?;
                 Ok(Inbound::Event(VerifiedEvent(*parts)))
+            }
+            Form::BadEvent { token, rejection } => {
+                self.check_token(token.as_ref())?;
+                Err(rejection)
             }
         }
     }
@@ -497,6 +505,27 @@ mod tests {
             bad(r#"{"type":"url_verification"}"#).to_string(),
             "challenge is missing"
         );
+    }
+
+    #[test]
+    fn token_is_checked_before_event_id_and_type() {
+        let vr = v(&[], &["tok"]);
+        let bad = |b: &str| {
+            vr.verify(SignatureHeaders::default(), b.as_bytes(), 0)
+                .unwrap_err()
+        };
+        // §6: token (step 6) before event id / type (step 8).
+        let no_id = r#"{"schema":"2.0","header":{"event_type":"t","token":"nope"}}"#;
+        assert_eq!(bad(no_id).reason(), FailReason::Token);
+        let no_type_v1 = r#"{"uuid":"u","token":"nope","event":{}}"#;
+        assert_eq!(bad(no_type_v1).reason(), FailReason::Token);
+        let no_header = r#"{"schema":"2.0"}"#;
+        assert_eq!(bad(no_header).to_string(), "verification token is missing");
+        // With the right token the event's own fault is reported.
+        let no_id = r#"{"schema":"2.0","header":{"event_type":"t","token":"tok"}}"#;
+        assert_eq!(bad(no_id).to_string(), "event_id is missing");
+        let no_type_v1 = r#"{"uuid":"u","token":"tok","event":{"type":1}}"#;
+        assert_eq!(bad(no_type_v1).to_string(), "event type is not a string");
     }
 
     #[test]

@@ -61,7 +61,7 @@ mod tests {
             "1608725989000",
             "0123456789abcdef",
             sig,
-            &[key.clone()],
+            std::slice::from_ref(&key),
             body.as_bytes()
         ));
         assert!(verify(
@@ -101,8 +101,14 @@ mod tests {
         let key = EncryptKey::new("test key");
         let sig = sign("1", "n", &key, b"{}");
         assert!(!verify("1", "n", &sig, &[EncryptKey::new("other")], b"{}"));
-        assert!(!verify("1", "n", &sig[..62], &[key.clone()], b"{}"));
-        assert!(!verify("1", "n", "zz", &[key.clone()], b"{}"));
+        assert!(!verify(
+            "1",
+            "n",
+            &sig[..62],
+            std::slice::from_ref(&key),
+            b"{}"
+        ));
+        assert!(!verify("1", "n", "zz", std::slice::from_ref(&key), b"{}"));
         assert!(verify(
             "1",
             "n",

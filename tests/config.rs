@@ -1,0 +1,501 @@
+//! Configuration as an operator meets it: every example parses, `examples/full.toml` is the
+//! complete reference with the defaults, a bad value fails naming its key, environment variables
+//! win over the file, `_file` secrets load, and no secret is ever printed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use lark_bridge::config::{Config, SecretFiles};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn examples() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A config file with `text`, loaded with `env`.
+fn load_text(
+    text: &str,
+    env_pairs: &[(&str, &str)],
+    mode: SecretFiles,
+) -> Result<Config, lark_bridge::config::ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bridge.toml");
+    std::fs::write(&path, text).unwrap();
+    Config::load_from(Some(&path), &env(env_pairs), mode)
+}
+
+const KEYS: &str = "[lark]\nencrypt_key = \"k\"\nverification_token = \"t\"\n";
+
+/// Loading `text` (with a key and token) fails, and the message names `key`.
+fn assert_fails_naming(text: &str, key: &str) {
+    let e = load_text(&format!("{KEYS}{text}"), &[], SecretFiles::Skip)
+        .expect_err(&format!("accepted:\n{text}"));
+    let msg = e.to_string();
+    assert!(
+        msg.contains(key),
+        "error for\n{text}\ndoes not name {key}: {msg}"
+    );
+}
+
+// ---------------------------------------------------------------- examples
+
+#[test]
+fn every_example_config_loads() {
+    let files = examples();
+    let names: Vec<_> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
+        .collect();
+    assert!(names.contains(&"minimal.toml".to_string()), "{names:?}");
+    assert!(names.contains(&"full.toml".to_string()), "{names:?}");
+    for f in &files {
+        Config::load_from(Some(f), &[], SecretFiles::Skip)
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+    }
+    let minimal = Config::load_from(
+        Some(&root().join("examples/minimal.toml")),
+        &[],
+        SecretFiles::Read,
+    )
+    .unwrap();
+    assert_eq!(minimal.sink.kind, lark_bridge::config::SinkKind::Stdout);
+    assert!(minimal.lark.encrypt_key.is_some() && minimal.lark.verification_token.is_some());
+}
+
+/// Every leaf of a TOML table as `a.b.c` → value.
+fn leaves(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, toml::Value>) {
+    match v {
+        toml::Value::Table(t) if !t.is_empty() => {
+            for (k, v) in t {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                leaves(&p, v, out);
+            }
+        }
+        _ => {
+            out.insert(prefix.to_string(), v.clone());
+        }
+    }
+}
+
+/// Keys mentioned in full.toml, set or commented out (`# key = …`), as `section.key`, each with
+/// whether the line before it is a comment.
+fn documented_keys(text: &str) -> BTreeMap<String, bool> {
+    let mut out = BTreeMap::new();
+    let mut section = String::new();
+    let mut prev_is_comment = false;
+    for line in text.lines() {
+        let l = line.trim();
+        if let Some(s) = l.strip_prefix('[') {
+            section = s.trim_end_matches(']').to_string();
+            prev_is_comment = false;
+            continue;
+        }
+        let body = l.strip_prefix('#').map(str::trim_start).unwrap_or(l);
+        let key_line = body.split_once(" = ").and_then(|(k, _)| {
+            let k = k.trim_matches('"');
+            (!k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .then(|| k.to_string())
+        });
+        match key_line {
+            Some(k) => {
+                out.insert(format!("{section}.{k}"), prev_is_comment);
+                prev_is_comment = false;
+            }
+            None => prev_is_comment = l.starts_with('#'),
+        }
+    }
+    out
+}
+
+#[test]
+fn full_example_is_the_complete_reference_with_defaults() {
+    let text = std::fs::read_to_string(root().join("examples/full.toml")).unwrap();
+    let file: toml::Value = toml::from_str(&text).unwrap();
+    let defaults: toml::Value = toml::from_str(&Config::default().to_redacted_toml()).unwrap();
+    let mut want = BTreeMap::new();
+    leaves("", &defaults, &mut want);
+    let mut got = BTreeMap::new();
+    leaves("", &file, &mut got);
+    // Every key with a default is set in full.toml, to that default.
+    for (k, v) in &want {
+        assert_eq!(got.get(k), Some(v), "examples/full.toml: {k} should be {v}");
+    }
+    // Keys without a default are documented (commented out), every key with a comment line.
+    let documented = documented_keys(&text);
+    let without_default = [
+        "lark.encrypt_key",
+        "lark.encrypt_key_file",
+        "lark.verification_token",
+        "lark.verification_token_file",
+        "lark.app_id",
+        "lark.app_secret",
+        "lark.app_secret_file",
+        "sink.kafka.properties_file",
+        "dedup.redis.password",
+        "dedup.redis.password_file",
+    ];
+    for k in want
+        .keys()
+        .map(String::as_str)
+        .chain(without_default)
+        // An empty map: documented by its own section.
+        .filter(|k| *k != "sink.kafka.properties")
+    {
+        assert!(documented.contains_key(k), "examples/full.toml misses {k}");
+    }
+    for at in ["sink.nats", "dedup.nats"] {
+        for k in [
+            "user",
+            "password",
+            "password_file",
+            "token",
+            "token_file",
+            "creds_file",
+            "tls_required",
+            "tls_ca_file",
+        ] {
+            assert!(
+                documented.contains_key(&format!("{at}.{k}")),
+                "examples/full.toml misses {at}.{k}"
+            );
+        }
+    }
+    for (k, commented) in &documented {
+        assert!(commented, "examples/full.toml: {k} has no comment line");
+    }
+    // And nothing in it is unknown (deny_unknown_fields) or invalid.
+    let cfg = Config::load_from(
+        Some(&root().join("examples/full.toml")),
+        &[],
+        SecretFiles::Skip,
+    )
+    .unwrap();
+    assert_eq!(cfg.server.listen, "0.0.0.0:8080");
+}
+
+// ---------------------------------------------------------------- bad values name their key
+
+#[test]
+fn bad_listen_address_names_the_key() {
+    assert_fails_naming("[server]\nlisten = \"nope\"\n", "server.listen");
+    assert_fails_naming("[admin]\nlisten = \"0.0.0.0\"\n", "admin.listen");
+}
+
+#[test]
+fn lease_not_above_budget_names_the_key() {
+    assert_fails_naming("[dedup]\nlease_ms = 2500\n", "dedup.lease_ms");
+    assert_fails_naming(
+        "[server]\nresponse_budget_ms = 1000\n[dedup]\nlease_ms = 900\n",
+        "dedup.lease_ms",
+    );
+    // Just above is fine.
+    load_text(
+        &format!("{KEYS}[server]\nresponse_budget_ms = 1000\n[dedup]\nlease_ms = 1001\n"),
+        &[],
+        SecretFiles::Skip,
+    )
+    .unwrap();
+}
+
+#[test]
+fn unknown_key_names_it() {
+    assert_fails_naming("[server]\nlisen = \"127.0.0.1:1\"\n", "lisen");
+    // …and the section it is in.
+    assert_fails_naming("[server]\nlisen = \"127.0.0.1:1\"\n", "server");
+    assert_fails_naming("[dedup.redis]\nurll = \"redis://x\"\n", "dedup.redis");
+}
+
+#[test]
+fn unknown_section_names_it() {
+    assert_fails_naming("[servr]\nlisten = \"127.0.0.1:1\"\n", "servr");
+}
+
+#[test]
+fn unknown_sink_kind_names_the_key_and_value() {
+    assert_fails_naming("[sink]\nkind = \"kafak\"\n", "kafak");
+    assert_fails_naming("[sink]\nkind = \"kafak\"\n", "sink.kind");
+}
+
+#[test]
+fn other_bad_values_name_their_key() {
+    assert_fails_naming("[server]\npath = \"webhook\"\n", "server.path");
+    assert_fails_naming(
+        "[server]\nresponse_budget_ms = 3000\n",
+        "server.response_budget_ms",
+    );
+    assert_fails_naming("[server]\nmax_body_bytes = 0\n", "server.max_body_bytes");
+    assert_fails_naming("[dedup]\nttl_secs = 0\n", "dedup.ttl_secs");
+    assert_fails_naming(
+        "[sink.nats]\nsubject = \"lark.{helpdeskid}\"\n",
+        "sink.nats.subject",
+    );
+    let e = load_text("[lark]\nencrypt_key = \"a,,b\"\n", &[], SecretFiles::Skip).unwrap_err();
+    assert!(e.to_string().contains("lark.encrypt_key"), "{e}");
+    assert!(
+        !e.to_string().contains("a,,b"),
+        "the secret is in the error: {e}"
+    );
+}
+
+// ---------------------------------------------------------------- layers
+
+#[test]
+fn environment_wins_over_the_file() {
+    let text = format!("{KEYS}[server]\npath = \"/from-file\"\nmax_in_flight = 7\n");
+    let cfg = load_text(&text, &[], SecretFiles::Skip).unwrap();
+    assert_eq!(cfg.server.path, "/from-file");
+    let cfg = load_text(
+        &text,
+        &[
+            ("LARK_BRIDGE__SERVER__PATH", "/from-env"),
+            ("LARK_BRIDGE__DEDUP__LEASE_MS", "6000"),
+        ],
+        SecretFiles::Skip,
+    )
+    .unwrap();
+    assert_eq!(cfg.server.path, "/from-env");
+    assert_eq!(cfg.server.max_in_flight, 7, "file value kept");
+    assert_eq!(cfg.dedup.lease_ms, 6000);
+    // A bad value from the environment still names the key.
+    let e = load_text(
+        &text,
+        &[("LARK_BRIDGE__SERVER__LISTEN", "nope")],
+        SecretFiles::Skip,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("server.listen"), "{e}");
+}
+
+// ---------------------------------------------------------------- secrets
+
+#[test]
+fn secret_files_are_read_and_trimmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    let token = dir.path().join("token");
+    std::fs::write(&key, "file key one\n").unwrap();
+    std::fs::write(&token, "tok-a\ntok-b\n").unwrap();
+    let text = format!(
+        "[lark]\nencrypt_key_file = {:?}\nverification_token_file = {:?}\n",
+        key.display().to_string(),
+        token.display().to_string()
+    );
+    let cfg = load_text(&text, &[], SecretFiles::Read).unwrap();
+    assert_eq!(cfg.lark.encrypt_key.unwrap().expose(), "file key one");
+    assert_eq!(
+        cfg.lark.verification_token.unwrap().expose(),
+        "tok-a\ntok-b"
+    );
+}
+
+#[test]
+fn secret_file_and_value_both_set_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "hunter2\n").unwrap();
+    let text = format!(
+        "{KEYS}[dedup.redis]\npassword = \"x\"\npassword_file = {:?}\n",
+        pw.display().to_string()
+    );
+    for mode in [SecretFiles::Read, SecretFiles::Skip] {
+        let e = load_text(&text, &[], mode).unwrap_err();
+        assert!(e.to_string().contains("dedup.redis.password"), "{e}");
+    }
+    let text = format!(
+        "[lark]\nencrypt_key = \"k\"\nencrypt_key_file = {:?}\n",
+        pw.display().to_string()
+    );
+    let e = load_text(&text, &[], SecretFiles::Read).unwrap_err();
+    assert!(e.to_string().contains("lark.encrypt_key"), "{e}");
+}
+
+#[test]
+fn missing_secret_file_is_an_error_unless_skipped() {
+    let text = "[lark]\nencrypt_key_file = \"/nonexistent/lark-bridge/key\"\n";
+    let e = load_text(text, &[], SecretFiles::Read).unwrap_err();
+    assert!(e.to_string().contains("lark.encrypt_key_file"), "{e}");
+    load_text(text, &[], SecretFiles::Skip).expect("structure only");
+}
+
+const SECRETS: [&str; 6] = [
+    "sekret-key-1111",
+    "sekret-token-2222",
+    "sekret-redis-3333",
+    "sekret-kafka-4444",
+    "sekret-nats-5555",
+    "sekret-app-6666",
+];
+
+fn config_with_every_secret() -> Config {
+    let text = format!(
+        r#"
+[lark]
+encrypt_key = "{}"
+verification_token = "{}"
+app_secret = "{}"
+[dedup]
+backend = "redis"
+[dedup.redis]
+url = "redis://bridge:{}@127.0.0.1:6379"
+[sink.kafka.properties]
+"sasl.username" = "bridge"
+"sasl.password" = "{}"
+[sink.nats]
+user = "bridge"
+password = "{}"
+"#,
+        SECRETS[0], SECRETS[1], SECRETS[5], SECRETS[2], SECRETS[3], SECRETS[4]
+    );
+    load_text(&text, &[], SecretFiles::Read).unwrap()
+}
+
+fn assert_no_secret(what: &str, s: &str) {
+    for secret in SECRETS {
+        assert!(!s.contains(secret), "{what} shows {secret}:\n{s}");
+    }
+    assert!(s.contains("***"), "{what} shows no redaction:\n{s}");
+}
+
+#[test]
+fn debug_never_shows_a_secret() {
+    let cfg = config_with_every_secret();
+    assert_no_secret("Debug", &format!("{cfg:?}"));
+    assert_no_secret("Debug (pretty)", &format!("{cfg:#?}"));
+}
+
+#[test]
+fn redacted_toml_never_shows_a_secret() {
+    let cfg = config_with_every_secret();
+    let text = cfg.to_redacted_toml();
+    assert_no_secret("to_redacted_toml", &text);
+    // Not secrets: still shown, so the output stays useful.
+    assert!(text.contains("sasl.username"), "{text}");
+    assert!(text.contains("127.0.0.1:6379"), "{text}");
+}
+
+#[test]
+fn refuses_no_key_and_no_token_unless_allowed() {
+    let e = Config::load_from(None, &[], SecretFiles::Read).unwrap_err();
+    assert!(e.to_string().contains("lark.encrypt_key"), "{e}");
+    assert!(e.to_string().contains("lark.allow_unverified"), "{e}");
+    let cfg = Config::load_from(
+        None,
+        &env(&[("LARK_BRIDGE__LARK__ALLOW_UNVERIFIED", "true")]),
+        SecretFiles::Read,
+    )
+    .unwrap();
+    assert!(cfg.lark.allow_unverified);
+    // A token alone, or a key alone, is enough.
+    for (k, v) in [
+        ("LARK_BRIDGE__LARK__VERIFICATION_TOKEN", "t"),
+        ("LARK_BRIDGE__LARK__ENCRYPT_KEY", "k"),
+    ] {
+        Config::load_from(None, &env(&[(k, v)]), SecretFiles::Read).unwrap();
+    }
+}
+
+// ---------------------------------------------------------------- the binary
+
+fn bridge_bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lark-bridge"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("LARK_BRIDGE") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+#[test]
+fn check_config_prints_the_config_with_secrets_hidden() {
+    let out = bridge_bin()
+        .arg("check-config")
+        .arg("--config")
+        .arg(root().join("examples/full.toml"))
+        .arg("--skip-secret-files")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    assert!(stdout.contains("encrypt_key = \"***\""), "{stdout}");
+    assert!(stdout.contains("verification_token = \"***\""), "{stdout}");
+    for secret in ["example-encrypt-key", "example-verification-token"] {
+        assert!(!stdout.contains(secret) && !stderr.contains(secret));
+    }
+    assert!(stdout.contains("listen = \"0.0.0.0:8080\""), "{stdout}");
+}
+
+#[test]
+fn check_config_fails_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, format!("{KEYS}[dedup]\nlease_ms = 10\n")).unwrap();
+    let out = bridge_bin()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("dedup.lease_ms"), "{stderr}");
+    assert!(!stderr.contains("\"k\""));
+    // Environment variables count too, and win over the file.
+    let out = bridge_bin()
+        .arg("check-config")
+        .arg("--config")
+        .arg(root().join("examples/minimal.toml"))
+        .env("LARK_BRIDGE__SERVER__LISTEN", "nope")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("server.listen"), "{stderr}");
+}
+
+#[test]
+fn check_config_reads_secret_files_unless_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[lark]\nencrypt_key_file = \"/nonexistent/lark-bridge/key\"\n",
+    )
+    .unwrap();
+    let run = |skip: bool| {
+        let mut c = bridge_bin();
+        c.arg("check-config").arg("--config").arg(&cfg);
+        if skip {
+            c.arg("--skip-secret-files");
+        }
+        c.output().unwrap()
+    };
+    let out = run(false);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lark.encrypt_key_file"));
+    assert!(run(true).status.success());
+}
