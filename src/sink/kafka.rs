@@ -35,18 +35,29 @@ pub fn client_config(cfg: &KafkaSinkConfig, budget: Duration) -> ClientConfig {
         .set("linger.ms", "2")
         .set("socket.connection.setup.timeout.ms", "2000")
         .set("allow.auto.create.topics", "false");
-    for (k, v) in &cfg.properties {
+    for (k, v) in cfg.properties.iter() {
         c.set(k, v);
     }
     c
 }
+
+/// Publishes in a row without a delivery, with the brokers reachable, after which the producer
+/// is considered wedged and recreated.
+const STALL_UNACKED: u32 = 3;
 
 fn is_fixed(template: &str) -> bool {
     !template.contains('{')
 }
 
 pub struct KafkaSink {
-    producer: FutureProducer,
+    /// Replaced when librdkafka reports a fatal error (an idempotent producer whose state the
+    /// cluster lost — e.g. UNKNOWN_PRODUCER_ID after a broker came back empty — never recovers
+    /// on its own).
+    producer: std::sync::RwLock<FutureProducer>,
+    client_config: ClientConfig,
+    /// Publishes started since the last delivery that succeeded (a publish the pipeline
+    /// abandoned at the budget never reports back, so attempts are counted, not errors).
+    unacked_in_a_row: std::sync::atomic::AtomicU32,
     cfg: KafkaSinkConfig,
     mode: ContentMode,
 }
@@ -97,10 +108,46 @@ impl KafkaSink {
             }
         }
         Ok(Arc::new(KafkaSink {
-            producer,
+            producer: std::sync::RwLock::new(producer),
+            client_config: cc,
+            unacked_in_a_row: Default::default(),
             cfg: cfg.clone(),
             mode,
         }))
+    }
+
+    fn producer(&self) -> FutureProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Recreate the producer if the current one hit a fatal error. Messages the old producer
+    /// still held were already answered 503 (their timeout is the budget), so nothing is lost.
+    fn recover_if_fatal(&self, current: &FutureProducer) {
+        let Some(fatal) = current.client().fatal_error() else {
+            return;
+        };
+        tracing::warn!(error = ?fatal.0, reason = %fatal.1, "Kafka producer hit a fatal error");
+        self.replace_producer(current);
+    }
+
+    /// Swap in a new producer unless someone already replaced `current`.
+    fn replace_producer(&self, current: &FutureProducer) {
+        let mut slot = self.producer.write().unwrap_or_else(|p| p.into_inner());
+        if !std::ptr::eq(slot.client().native_ptr(), current.client().native_ptr()) {
+            return;
+        }
+        match self.client_config.create::<FutureProducer>() {
+            Ok(p) => {
+                tracing::warn!("recreated the Kafka producer");
+                *slot = p;
+                self.unacked_in_a_row
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => tracing::error!(error = %e, "could not recreate the Kafka producer"),
+        }
     }
 
     pub fn topic(&self, ev: &Outgoing) -> String {
@@ -175,24 +222,34 @@ impl Sink for KafkaSink {
             .key(ev.key())
             .payload(payload.as_ref())
             .headers(self.headers(ev));
+        let producer = self.producer();
+        self.unacked_in_a_row
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // A full local queue is overload, not a reason to wait: fail at once.
-        match self
-            .producer
-            .send(record, Timeout::After(Duration::ZERO))
-            .await
-        {
-            Ok(d) => Ok(Ack {
-                location: format!("{topic}/{}@{}", d.partition, d.offset),
-                duplicate: false,
-            }),
-            Err((e, _)) => Err(classify(e)),
+        match producer.send(record, Timeout::After(Duration::ZERO)).await {
+            Ok(d) => {
+                self.unacked_in_a_row
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
+                Ok(Ack {
+                    location: format!("{topic}/{}@{}", d.partition, d.offset),
+                    duplicate: false,
+                })
+            }
+            Err((e, _)) => {
+                self.recover_if_fatal(&producer);
+                Err(classify(e))
+            }
         }
     }
 
     async fn check(&self) -> Result<(), String> {
-        let producer = self.producer.clone();
+        let current = self.producer();
+        self.recover_if_fatal(&current);
+        let producer = self.producer();
         let fixed = is_fixed(&self.cfg.topic).then(|| self.cfg.topic.clone());
-        tokio::task::spawn_blocking(move || {
+        let probe = producer.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let producer = probe;
             // All topics' metadata: asking for one topic could auto-create it on some brokers.
             let md = producer
                 .client()
@@ -207,11 +264,24 @@ impl Sink for KafkaSink {
             Ok(())
         })
         .await
-        .map_err(|e| format!("kafka: check failed: {e}"))?
+        .map_err(|e| format!("kafka: check failed: {e}"))?;
+        // Brokers answer but deliveries keep timing out: the idempotent producer is wedged
+        // (seen after a broker lost its state). A fresh producer recovers; the timed-out
+        // messages were already answered 503, so Lark redelivers them.
+        if r.is_ok()
+            && self
+                .unacked_in_a_row
+                .load(std::sync::atomic::Ordering::Relaxed)
+                >= STALL_UNACKED
+        {
+            tracing::warn!("Kafka deliveries keep timing out while the brokers answer");
+            self.replace_producer(&producer);
+        }
+        r
     }
 
     async fn flush(&self) {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         let _ = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
     }
 }

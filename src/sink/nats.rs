@@ -15,7 +15,7 @@ use async_nats::HeaderMap;
 use async_trait::async_trait;
 
 use super::{Ack, PublishError, Sink};
-use crate::config::{ContentMode, NatsAuth, NatsSinkConfig};
+use crate::config::{ContentMode, NatsSinkConfig};
 use crate::event::{
     nats_token_char, render_template, EventClass, Outgoing, DATA_CONTENT_TYPE,
     STRUCTURED_CONTENT_TYPE,
@@ -29,36 +29,6 @@ pub struct NatsSink {
     /// Whether the stream is known to exist (bound or created).
     stream_ready: Arc<AtomicBool>,
     stream_error: Arc<std::sync::Mutex<Option<String>>>,
-}
-
-/// Connection options shared by the sink and the NATS KV store.
-pub async fn connect_options(
-    auth: &NatsAuth,
-    name: &str,
-) -> Result<async_nats::ConnectOptions, String> {
-    let mut o = async_nats::ConnectOptions::new()
-        .name(name)
-        .connection_timeout(Duration::from_secs(2))
-        .retry_on_initial_connect();
-    if let (Some(user), Some(pw)) = (&auth.user, &auth.password) {
-        o = o.user_and_password(user.clone(), pw.expose().to_string());
-    }
-    if let Some(t) = &auth.token {
-        o = o.token(t.expose().to_string());
-    }
-    if let Some(path) = &auth.creds_file {
-        o = o
-            .credentials_file(path)
-            .await
-            .map_err(|e| format!("creds_file {}: {e}", path.display()))?;
-    }
-    if auth.tls_required {
-        o = o.require_tls(true);
-    }
-    if let Some(ca) = &auth.tls_ca_file {
-        o = o.add_root_certificates(ca.clone());
-    }
-    Ok(o)
 }
 
 /// Percent-encode a header value per the CloudEvents NATS binding: space, `"`, `%` and
@@ -83,7 +53,9 @@ impl NatsSink {
         mode: ContentMode,
         budget: Duration,
     ) -> Result<Arc<Self>, String> {
-        let opts = connect_options(&cfg.auth, "lark-bridge").await?;
+        let opts = crate::natsconn::connect_options(&cfg.auth, "sink.nats")
+            .await?
+            .retry_on_initial_connect();
         let client = opts
             .connect(cfg.url.expose())
             .await
