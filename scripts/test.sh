@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it (.ci/run calls this and nothing else):
+#   1. install what the tests need when missing (brokers, deploy tools; cached outside the repo),
+#   2. formatting and lints,
+#   3. the offline deploy checks (Helm chart, compose file, alert rules, Dockerfile),
+#   4. every Rust test (unit, black-box HTTP, real NATS / tansu / Redis), with nextest.
+# Second runs on the same machine skip every install and reuse target/.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "tools"
+if ! command -v cargo-nextest >/dev/null 2>&1 && ! cargo nextest --version >/dev/null 2>&1; then
+    cargo install cargo-nextest --locked
+fi
+bash scripts/ensure-tools.sh
+bash scripts/ensure-deploy-tools.sh >/dev/null
+
+step "cargo fmt --check"
+cargo fmt --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+
+step "build"
+cargo build --quiet --bins
+cargo nextest run --no-run --cargo-quiet
+
+step "deploy checks"
+LARK_BRIDGE_BIN="$PWD/target/debug/lark-bridge" bash scripts/check-deploy.sh
+
+step "tests"
+cargo nextest run --no-fail-fast
