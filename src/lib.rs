@@ -214,6 +214,12 @@ pub async fn run(
     });
 
     let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
+    // From the signal on, /readyz says so: load balancers stop sending while we drain.
+    let draining = health.clone();
+    let shutdown = async move {
+        shutdown.await;
+        draining.set("shutdown", Some("shutting down".into()));
+    };
     if let Some(listener) = listeners.webhook {
         let router = webhook_router(&cfg, pipeline.clone(), metrics.clone())?;
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), listener = "webhook", path = %cfg.server.path, sink = components.sink.name(), dedup = components.dedup.backend(), "listening");

@@ -49,6 +49,40 @@ fn is_fixed(template: &str) -> bool {
     !template.contains('{')
 }
 
+/// The Kafka headers of `ev` in `mode` (normalized-schema.md §3; schemas/asyncapi.yaml).
+pub fn headers(ev: &Outgoing, mode: ContentMode) -> OwnedHeaders {
+    let h = OwnedHeaders::new();
+    match mode {
+        ContentMode::Structured => h
+            .insert(Header {
+                key: "content-type",
+                value: Some(STRUCTURED_CONTENT_TYPE),
+            })
+            .insert(Header {
+                key: "ce_id",
+                value: Some(ev.attrs.id.as_str()),
+            })
+            .insert(Header {
+                key: "ce_type",
+                value: Some(ev.attrs.ty),
+            }),
+        ContentMode::Binary => {
+            let mut h = h.insert(Header {
+                key: "content-type",
+                value: Some(DATA_CONTENT_TYPE),
+            });
+            for (name, value) in ev.attrs.binary_pairs() {
+                let key = format!("ce_{name}");
+                h = h.insert(Header {
+                    key: &key,
+                    value: Some(value),
+                });
+            }
+            h
+        }
+    }
+}
+
 pub struct KafkaSink {
     /// Replaced when librdkafka reports a fatal error (an idempotent producer whose state the
     /// cluster lost — e.g. UNKNOWN_PRODUCER_ID after a broker came back empty — never recovers
@@ -157,39 +191,6 @@ impl KafkaSink {
         };
         render_template(t, &ev.route, kafka_topic_char)
     }
-
-    fn headers(&self, ev: &Outgoing) -> OwnedHeaders {
-        let h = OwnedHeaders::new();
-        match self.mode {
-            ContentMode::Structured => h
-                .insert(Header {
-                    key: "content-type",
-                    value: Some(STRUCTURED_CONTENT_TYPE),
-                })
-                .insert(Header {
-                    key: "ce_id",
-                    value: Some(ev.attrs.id.as_str()),
-                })
-                .insert(Header {
-                    key: "ce_type",
-                    value: Some(ev.attrs.ty),
-                }),
-            ContentMode::Binary => {
-                let mut h = h.insert(Header {
-                    key: "content-type",
-                    value: Some(DATA_CONTENT_TYPE),
-                });
-                for (name, value) in ev.attrs.binary_pairs() {
-                    let key = format!("ce_{name}");
-                    h = h.insert(Header {
-                        key: &key,
-                        value: Some(value),
-                    });
-                }
-                h
-            }
-        }
-    }
 }
 
 fn classify(e: KafkaError) -> PublishError {
@@ -221,7 +222,7 @@ impl Sink for KafkaSink {
         let record = FutureRecord::to(&topic)
             .key(ev.key())
             .payload(payload.as_ref())
-            .headers(self.headers(ev));
+            .headers(headers(ev, self.mode));
         let producer = self.producer();
         self.unacked_in_a_row
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -45,6 +45,30 @@ pub fn percent_encode(v: &str) -> String {
     out
 }
 
+/// The NATS headers of `ev` in `mode` (normalized-schema.md §3; schemas/asyncapi.yaml).
+pub fn headers(ev: &Outgoing, mode: ContentMode) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("Nats-Msg-Id", ev.attrs.id.as_str());
+    match mode {
+        ContentMode::Structured => {
+            h.insert("Content-Type", STRUCTURED_CONTENT_TYPE);
+            h.insert("ce-id", percent_encode(&ev.attrs.id).as_str());
+            h.insert("ce-type", ev.attrs.ty);
+        }
+        ContentMode::Binary => {
+            h.insert("Content-Type", DATA_CONTENT_TYPE);
+            h.insert("ce-datacontenttype", DATA_CONTENT_TYPE);
+            for (name, value) in ev.attrs.binary_pairs() {
+                h.insert(
+                    format!("ce-{name}").as_str(),
+                    percent_encode(value).as_str(),
+                );
+            }
+        }
+    }
+    h
+}
+
 impl NatsSink {
     /// Connect (in the background if the server is down: readiness reports it) and bind or
     /// create the stream.
@@ -127,29 +151,6 @@ impl NatsSink {
         };
         render_template(t, &ev.route, nats_token_char)
     }
-
-    fn headers(&self, ev: &Outgoing) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert("Nats-Msg-Id", ev.attrs.id.as_str());
-        match self.mode {
-            ContentMode::Structured => {
-                h.insert("Content-Type", STRUCTURED_CONTENT_TYPE);
-                h.insert("ce-id", percent_encode(&ev.attrs.id).as_str());
-                h.insert("ce-type", ev.attrs.ty);
-            }
-            ContentMode::Binary => {
-                h.insert("Content-Type", DATA_CONTENT_TYPE);
-                h.insert("ce-datacontenttype", DATA_CONTENT_TYPE);
-                for (name, value) in ev.attrs.binary_pairs() {
-                    h.insert(
-                        format!("ce-{name}").as_str(),
-                        percent_encode(value).as_str(),
-                    );
-                }
-            }
-        }
-        h
-    }
 }
 
 #[async_trait]
@@ -160,7 +161,7 @@ impl Sink for NatsSink {
 
     async fn publish(&self, ev: &Outgoing) -> Result<Ack, PublishError> {
         let subject = self.subject(ev);
-        let headers = self.headers(ev);
+        let headers = headers(ev, self.mode);
         let payload = match self.mode {
             ContentMode::Structured => ev.structured.clone(),
             ContentMode::Binary => ev.data.clone(),

@@ -1,0 +1,155 @@
+//! The consumer contract stays in sync with the code: `schemas/asyncapi.yaml` declares the
+//! channels the default config publishes to, the headers the sinks really set in each mode, and
+//! payload schemas that exist and carry the `dataschema` the events name.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use lark_bridge::config::{Config, ContentMode, SecretFiles};
+use lark_bridge::event::{nats_token_char, render_template, RouteVars};
+use lark_bridge::lark::VerifiedEvent;
+use rdkafka::message::Headers;
+use serde_yaml_ng::Value;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn asyncapi() -> Value {
+    serde_yaml_ng::from_str(&std::fs::read_to_string(root().join("schemas/asyncapi.yaml")).unwrap())
+        .unwrap()
+}
+
+fn seed_event() -> lark_bridge::event::Outgoing {
+    let input = std::fs::read(root().join("tests/golden/seed.input.json")).unwrap();
+    let ev = VerifiedEvent::unverified_for_tests(&input).unwrap();
+    lark_bridge::normalize::ticket_created::normalize(&ev, 0, &mut Vec::new()).unwrap()
+}
+
+fn header_schema(doc: &Value, name: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let s = &doc["components"]["schemas"][name];
+    let required = s["required"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let props = s["properties"]
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    (required, props)
+}
+
+fn defaults() -> Config {
+    Config::load_from(
+        None,
+        &[("LARK_BRIDGE__LARK__ENCRYPT_KEY".into(), "k".into())],
+        SecretFiles::Read,
+    )
+    .unwrap()
+}
+
+#[test]
+fn channel_addresses_are_the_default_topics_and_subjects() {
+    let doc = asyncapi();
+    let addresses: BTreeSet<String> = doc["channels"]
+        .as_mapping()
+        .unwrap()
+        .values()
+        .map(|c| c["address"].as_str().unwrap().to_string())
+        .collect();
+    let cfg = defaults();
+    for want in [
+        &cfg.sink.kafka.topic,
+        &cfg.sink.kafka.raw_topic,
+        &cfg.sink.nats.subject,
+        &cfg.sink.nats.raw_subject,
+    ] {
+        assert!(
+            addresses.contains(want.as_str()),
+            "asyncapi.yaml has no channel {want}: {addresses:?}"
+        );
+    }
+    // The NATS subject the seed event really goes to matches the templated address.
+    let vars = RouteVars {
+        helpdesk_id: Some("6626871355780366330".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        render_template(&cfg.sink.nats.subject, &vars, nats_token_char),
+        "lark.helpdesk.ticket.created.v1.6626871355780366330"
+    );
+}
+
+#[test]
+fn nats_headers_match_the_declared_headers_in_both_modes() {
+    let doc = asyncapi();
+    let ev = seed_event();
+    for (mode, schema) in [
+        (ContentMode::Structured, "natsStructuredHeaders"),
+        (ContentMode::Binary, "natsBinaryHeaders"),
+    ] {
+        let h = lark_bridge::sink::nats::headers(&ev, mode);
+        let sent: BTreeSet<String> = h.iter().map(|(k, _)| k.to_string()).collect();
+        let (required, props) = header_schema(&doc, schema);
+        assert!(
+            required.is_subset(&sent),
+            "{schema}: required {required:?}, sent {sent:?}"
+        );
+        assert!(
+            sent.is_subset(&props),
+            "{schema}: sent {sent:?} not all declared {props:?}"
+        );
+    }
+}
+
+#[test]
+fn kafka_headers_match_the_declared_headers_in_both_modes() {
+    let doc = asyncapi();
+    let ev = seed_event();
+    for (mode, schema) in [
+        (ContentMode::Structured, "kafkaStructuredHeaders"),
+        (ContentMode::Binary, "kafkaBinaryHeaders"),
+    ] {
+        let h = lark_bridge::sink::kafka::headers(&ev, mode);
+        let sent: BTreeSet<String> = h.iter().map(|x| x.key.to_string()).collect();
+        let (required, props) = header_schema(&doc, schema);
+        assert!(
+            required.is_subset(&sent),
+            "{schema}: required {required:?}, sent {sent:?}"
+        );
+        assert!(
+            sent.is_subset(&props),
+            "{schema}: sent {sent:?} not all declared {props:?}"
+        );
+    }
+}
+
+#[test]
+fn payload_schemas_exist_and_carry_the_dataschema_urns() {
+    let text = std::fs::read_to_string(root().join("schemas/asyncapi.yaml")).unwrap();
+    let refs: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("$ref: './"))
+        .map(|r| r.trim_end_matches('\''))
+        .collect();
+    assert!(refs.len() >= 4, "{refs:?}");
+    for r in &refs {
+        let schema: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(root().join("schemas").join(r)).unwrap())
+                .unwrap();
+        assert!(schema["$id"].is_string(), "{r} has no $id");
+    }
+    let data: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("schemas/helpdesk.ticket.created.v1.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(data["$id"], seed_event().attrs.dataschema);
+    let raw: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("schemas/raw.v1.json")).unwrap())
+            .unwrap();
+    assert_eq!(raw["$id"], lark_bridge::event::RAW_SCHEMA);
+}
