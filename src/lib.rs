@@ -2,7 +2,7 @@
 //!
 //! The data walks one way, and the module map follows it:
 //!
-//! - [`http`] — the webhook entrance (axum) and the admin listener; `source` — the
+//! - [`http`] — the webhook entrance (axum) and the admin listener; [`source`] — the
 //!   long-connection entrance. Both hand verified events to the pipeline.
 //! - [`lark`] — Lark's push protocol, pure: signature, decryption, envelopes. Only
 //!   [`lark::Verifier`] constructs a [`lark::VerifiedEvent`].
@@ -10,11 +10,13 @@
 //! - [`normalize`] — Lark event → CloudEvent v1, pure; [`event`] — the published form.
 //! - [`dedup`] and [`sink`] — the ports: stores and brokers behind small traits.
 //! - [`config`], [`metrics`], [`health`], [`logging`] — the supporting cast.
-//! - [`simulate`] — Lark's side of the protocol, for the quickstart, tests and load.
+//! - [`simulate`] — Lark's side of the protocol, for the quickstart, tests and load;
+//!   [`fakelark`] — Lark's side of the long connection.
 
 pub mod config;
 pub mod dedup;
 pub mod event;
+pub mod fakelark;
 pub mod health;
 pub mod http;
 pub mod lark;
@@ -25,6 +27,7 @@ pub mod normalize;
 pub mod pipeline;
 pub mod simulate;
 pub mod sink;
+pub mod source;
 
 use std::future::Future;
 use std::sync::atomic::AtomicUsize;
@@ -34,7 +37,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use config::{Config, DedupBackend, SinkKind};
+use config::{Config, DedupBackend, SinkKind, SourceKind};
 use dedup::DedupStore;
 use lark::{EncryptKey, Verifier};
 use metrics::Metrics;
@@ -201,6 +204,10 @@ pub async fn run(
         stop.clone(),
     );
 
+    if cfg.source.kind == SourceKind::LongConnection {
+        // Not ready until the long connection is up (the client clears it).
+        health.set("lark", Some("not connected to lark yet".into()));
+    }
     let admin_router = http::admin::router(http::admin::AdminState {
         health: health.clone(),
         metrics: metrics.clone(),
@@ -220,6 +227,7 @@ pub async fn run(
         shutdown.await;
         draining.set("shutdown", Some("shutting down".into()));
     };
+    let mut outcome = Ok(());
     if let Some(listener) = listeners.webhook {
         let router = webhook_router(&cfg, pipeline.clone(), metrics.clone())?;
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), listener = "webhook", path = %cfg.server.path, sink = components.sink.name(), dedup = components.dedup.backend(), "listening");
@@ -235,6 +243,12 @@ pub async fn run(
             shutdown,
         )
         .await;
+    } else if cfg.source.kind == SourceKind::LongConnection {
+        outcome =
+            match source::LongConn::new(&cfg, pipeline.clone(), metrics.clone(), health.clone()) {
+                Ok(client) => client.run(shutdown).await,
+                Err(e) => Err(e),
+            };
     } else {
         shutdown.await;
     }
@@ -244,5 +258,5 @@ pub async fn run(
     let _ = probes.await;
     let _ = admin.await;
     tracing::info!("stopped");
-    Ok(())
+    outcome
 }

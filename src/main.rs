@@ -32,6 +32,9 @@ enum Command {
     },
     /// Play Lark: send signed, encrypted ticket.created events to a bridge.
     Simulate(lark_bridge::simulate::SimulateArgs),
+    /// Play Lark's long-connection side locally (discovery + WebSocket) to try
+    /// source.kind = "long_connection" without a Lark account.
+    FakeLark(lark_bridge::fakelark::FakeLarkArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -70,6 +73,12 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Simulate(args) => {
             lark_bridge::simulate::run(args)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            Ok(())
+        }
+        Command::FakeLark(args) => {
+            lark_bridge::fakelark::run_cli(args, shutdown_signal())
                 .await
                 .map_err(anyhow::Error::msg)?;
             Ok(())

@@ -1,0 +1,794 @@
+//! Lark's long-connection client (lark-longconn.md): discover an endpoint, dial it, keep it
+//! alive with pings, and hand every event frame to the same [`Pipeline`] the webhook uses,
+//! replying `200` only after the broker acknowledged. One task reads frames and owns the
+//! connection state; each event runs in its own task (a slow publish never holds up the frames
+//! behind it) and sends its reply through a writer task that owns the socket's write half.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::endpoint::{
+    classify_handshake, discovery_body, parse_discovery, redact_url, ClientConfig, ConnectError,
+    Endpoint, RetryReason, Settings,
+};
+use super::fragments::{Added, Reassembler};
+use super::frame::{Frame, FrameType, METHOD_CONTROL, METHOD_DATA};
+use crate::config::{Config, LongConnConfig, Secret};
+use crate::health::Health;
+use crate::lark::{FailReason, VerifiedEvent};
+use crate::metrics::{Metrics, Outcome, Source};
+use crate::pipeline::{Pipeline, PipelineError, Processed};
+use crate::StartError;
+
+/// Bound on one discovery request and on one WebSocket dial: a hung attempt must turn into a
+/// retry, not a silent stall. Well above Lark's normal answer times.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the close handshake may take at shutdown or after a lost connection.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Room for the frame's own fields on top of the largest payload accepted.
+const FRAME_OVERHEAD: usize = 64 * 1024;
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// What the client needs from the config.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub app_id: String,
+    pub app_secret: Secret,
+    /// Lark's open-platform base URL, e.g. `https://open.feishu.cn`.
+    pub domain: String,
+    pub timings: LongConnConfig,
+    /// Time from an event frame's arrival to its reply.
+    pub budget: Duration,
+    /// Largest event payload, and the bound on bytes held in incomplete fragmented messages.
+    pub max_body_bytes: usize,
+    /// Events processed at once; past it the reply is `500` at once (Lark redelivers).
+    pub max_in_flight: usize,
+    /// At shutdown: how long in-flight events may take to finish.
+    pub grace: Duration,
+}
+
+impl Options {
+    pub fn from_config(cfg: &Config) -> Result<Options, StartError> {
+        let app_id = cfg.lark.app_id.clone().unwrap_or_default();
+        let app_secret = cfg.lark.app_secret.clone().unwrap_or_default();
+        if app_id.is_empty() || app_secret.is_empty() {
+            return Err(StartError(
+                "lark.app_id and lark.app_secret are required for the long connection".into(),
+            ));
+        }
+        Ok(Options {
+            app_id,
+            app_secret,
+            domain: cfg.lark.domain.trim_end_matches('/').to_string(),
+            timings: cfg.source.long_connection.clone(),
+            budget: Duration::from_millis(cfg.server.response_budget_ms),
+            max_body_bytes: cfg.server.max_body_bytes,
+            max_in_flight: cfg.server.max_in_flight,
+            grace: Duration::from_secs(cfg.server.shutdown_grace_secs),
+        })
+    }
+}
+
+/// The long-connection entrance.
+pub struct LongConn {
+    opts: Options,
+    pipeline: Arc<Pipeline>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    http: reqwest::Client,
+    in_flight: Arc<Semaphore>,
+    permits: u32,
+}
+
+/// How a connection attempt (or a round of them) ended.
+enum Attempt {
+    Connected(Box<Ws>, Endpoint),
+    /// Lark said no for good (a client error), or the reconnect count ran out.
+    Refused(String),
+    /// The shutdown signal came first.
+    Shutdown,
+}
+
+/// Why a live connection ended: the `reason` label of the reconnect counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lost {
+    Closed,
+    ReadError,
+    PongTimeout,
+}
+
+impl Lost {
+    fn as_str(self) -> &'static str {
+        match self {
+            Lost::Closed => "closed",
+            Lost::ReadError => "read_error",
+            Lost::PongTimeout => "pong_timeout",
+        }
+    }
+}
+
+/// What goes out on the socket.
+enum Out {
+    Ping(Vec<u8>),
+    Reply { bytes: Vec<u8>, code: u16 },
+}
+
+impl LongConn {
+    pub fn new(
+        cfg: &Config,
+        pipeline: Arc<Pipeline>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Result<LongConn, StartError> {
+        let opts = Options::from_config(cfg)?;
+        let http = reqwest::Client::builder()
+            .timeout(ATTEMPT_TIMEOUT)
+            .build()
+            .map_err(|e| StartError(format!("long connection: cannot build HTTP client: {e}")))?;
+        let permits = opts.max_in_flight.clamp(1, u32::MAX as usize) as u32;
+        health.set("lark", Some("not connected to lark yet".into()));
+        Ok(LongConn {
+            opts,
+            pipeline,
+            metrics,
+            health,
+            http,
+            in_flight: Arc::new(Semaphore::new(permits as usize)),
+            permits,
+        })
+    }
+
+    /// Connect and serve until `shutdown` resolves. Returns an error only when Lark refuses us
+    /// (a client error, §2/§3) before the first connection: the binary then exits non-zero. A
+    /// refusal later leaves `/readyz` at 503 with the reason and waits for the shutdown.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
+        let stop = CancellationToken::new();
+        let watcher = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                stop.cancel();
+            })
+        };
+        let result = self.run_until(&stop).await;
+        watcher.abort();
+        result
+    }
+
+    async fn run_until(&self, stop: &CancellationToken) -> Result<(), StartError> {
+        let mut settings = Settings::from_config(&self.opts.timings);
+        let mut ever_connected = false;
+        loop {
+            let attempt = self
+                .connect_round(&mut settings, !ever_connected, stop)
+                .await;
+            let (ws, endpoint) = match attempt {
+                Attempt::Connected(ws, ep) => (ws, ep),
+                Attempt::Shutdown => return Ok(()),
+                Attempt::Refused(reason) => {
+                    tracing::error!(%reason, "lark long connection stopped; not reconnecting");
+                    self.metrics.longconn.connected.set(0);
+                    self.health.set("lark", Some(reason.clone()));
+                    if !ever_connected {
+                        return Err(StartError(reason));
+                    }
+                    stop.cancelled().await;
+                    return Ok(());
+                }
+            };
+            ever_connected = true;
+            let span = tracing::info_span!("long_connection", device_id = %endpoint.device_id);
+            let lost = self
+                .serve(*ws, &endpoint, &mut settings, stop)
+                .instrument(span)
+                .await;
+            self.metrics.longconn.connected.set(0);
+            let Some(lost) = lost else {
+                return Ok(());
+            };
+            self.metrics
+                .longconn
+                .reconnects
+                .with_label_values(&[lost.as_str()])
+                .inc();
+            tracing::warn!(reason = lost.as_str(), device_id = %endpoint.device_id, "lark long connection lost; reconnecting");
+            self.health.set(
+                "lark",
+                Some(format!(
+                    "lark long connection lost ({}); reconnecting",
+                    lost.as_str()
+                )),
+            );
+        }
+    }
+
+    /// Connect, retrying per §6: at start one attempt first; after a lost connection (or that
+    /// first failure) a random wait in `[0, ReconnectNonce)`, then attempts `ReconnectInterval`
+    /// apart, at most `ReconnectCount` of them (forever when negative). Every attempt does
+    /// discovery again: the credentials live in the URL.
+    async fn connect_round(
+        &self,
+        settings: &mut Settings,
+        at_start: bool,
+        stop: &CancellationToken,
+    ) -> Attempt {
+        if at_start {
+            match self.attempt(settings, stop).await {
+                Ok(Some((ws, ep))) => return Attempt::Connected(Box::new(ws), ep),
+                Ok(None) => return Attempt::Shutdown,
+                Err(ConnectError::Stop(reason)) => return Attempt::Refused(reason),
+                Err(ConnectError::Retry { reason, msg }) => self.failed_attempt(reason, &msg),
+            }
+        }
+        let jitter = random_below(settings.reconnect_nonce);
+        if !sleep_or_stop(jitter, stop).await {
+            return Attempt::Shutdown;
+        }
+        let mut tries: i64 = 0;
+        loop {
+            if settings.reconnect_count >= 0 && tries >= settings.reconnect_count {
+                return Attempt::Refused(format!(
+                    "gave up connecting to lark after {tries} reconnect attempts"
+                ));
+            }
+            tries += 1;
+            match self.attempt(settings, stop).await {
+                Ok(Some((ws, ep))) => return Attempt::Connected(Box::new(ws), ep),
+                Ok(None) => return Attempt::Shutdown,
+                Err(ConnectError::Stop(reason)) => return Attempt::Refused(reason),
+                Err(ConnectError::Retry { reason, msg }) => self.failed_attempt(reason, &msg),
+            }
+            if !sleep_or_stop(settings.reconnect_interval, stop).await {
+                return Attempt::Shutdown;
+            }
+        }
+    }
+
+    fn failed_attempt(&self, reason: RetryReason, msg: &str) {
+        self.metrics
+            .longconn
+            .reconnects
+            .with_label_values(&[reason.as_str()])
+            .inc();
+        tracing::warn!(reason = reason.as_str(), error = %msg, "cannot connect to lark; will retry");
+        self.health
+            .set("lark", Some(format!("cannot connect to lark: {msg}")));
+    }
+
+    /// One discovery + dial; `Ok(None)` when the shutdown signal came first.
+    async fn attempt(
+        &self,
+        settings: &mut Settings,
+        stop: &CancellationToken,
+    ) -> Result<Option<(Ws, Endpoint)>, ConnectError> {
+        let work = async {
+            let ep = self.discover().await?;
+            if let Some(cc) = &ep.client_config {
+                settings.apply(cc);
+            }
+            let ws = self.dial(&ep).await?;
+            Ok((ws, ep))
+        };
+        tokio::select! {
+            r = work => r.map(Some),
+            _ = stop.cancelled() => Ok(None),
+        }
+    }
+
+    async fn discover(&self) -> Result<Endpoint, ConnectError> {
+        let url = format!("{}/callback/ws/endpoint", self.opts.domain);
+        let failed = |msg: String| ConnectError::Retry {
+            reason: RetryReason::DiscoveryFailed,
+            msg,
+        };
+        let resp = self
+            .http
+            .post(&url)
+            .header("locale", "zh")
+            .json(&discovery_body(
+                &self.opts.app_id,
+                self.opts.app_secret.expose(),
+            ))
+            .send()
+            .await
+            .map_err(|e| failed(format!("endpoint discovery failed: {}", e.without_url())))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| failed(format!("endpoint discovery failed: {}", e.without_url())))?;
+        parse_discovery(status, &body)
+    }
+
+    async fn dial(&self, ep: &Endpoint) -> Result<Ws, ConnectError> {
+        let cfg = WebSocketConfig::default()
+            .max_message_size(Some(self.opts.max_body_bytes + FRAME_OVERHEAD))
+            .max_frame_size(Some(self.opts.max_body_bytes + FRAME_OVERHEAD));
+        let failed = |msg: String| ConnectError::Retry {
+            reason: RetryReason::HandshakeFailed,
+            msg,
+        };
+        let dial = tokio_tungstenite::connect_async_with_config(ep.url.as_str(), Some(cfg), true);
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, dial).await {
+            Err(_) => Err(failed(format!(
+                "websocket handshake with {} timed out",
+                redact_url(&ep.url)
+            ))),
+            Ok(Ok((ws, _))) => Ok(ws),
+            Ok(Err(tungstenite::Error::Http(resp))) => {
+                Err(classify_handshake(resp.status().as_u16(), |k| {
+                    resp.headers().get(k).and_then(|v| v.to_str().ok())
+                }))
+            }
+            Ok(Err(e)) => Err(failed(format!(
+                "websocket connect to {} failed: {}",
+                redact_url(&ep.url),
+                dial_error(&e)
+            ))),
+        }
+    }
+
+    /// Serve one connection until it is lost (`Some(reason)`) or the shutdown signal
+    /// (`None`), after which in-flight events finish (bounded by the grace) and the socket is
+    /// closed.
+    async fn serve(
+        &self,
+        ws: Ws,
+        ep: &Endpoint,
+        settings: &mut Settings,
+        stop: &CancellationToken,
+    ) -> Option<Lost> {
+        let m = &self.metrics.longconn;
+        m.connected.set(1);
+        m.connects.inc();
+        self.health.set("lark", None);
+        tracing::info!(url = %redact_url(&ep.url), device_id = %ep.device_id, service_id = ep.service_id, "connected to lark");
+
+        let (sink, mut read) = ws.split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let close = CancellationToken::new();
+        let mut writer = tokio::spawn(write_loop(sink, rx, close.clone(), self.metrics.clone()));
+
+        let mut conn = Conn {
+            lc: self,
+            ep,
+            tx,
+            fragments: Reassembler::new(
+                Duration::from_secs(self.opts.timings.fragment_timeout_secs),
+                self.opts.max_body_bytes,
+            ),
+            last_pong: Instant::now(),
+            last_ping: None,
+        };
+        let mut writer_done = false;
+        let lost = loop {
+            let now = Instant::now();
+            let next_ping = conn.last_ping.map_or(now, |t| t + settings.ping_interval);
+            let pong_deadline =
+                conn.last_pong + settings.pong_timeout(self.opts.timings.pong_timeout_secs);
+            let frag_deadline = conn.fragments.next_deadline();
+            // Timers before the socket, so that a stream of frames cannot starve the pings;
+            // the pong deadline after it, so that a pong already received is read first.
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break None,
+                _ = &mut writer => {
+                    writer_done = true;
+                    break Some(Lost::ReadError);
+                }
+                _ = tokio::time::sleep_until(next_ping.into()) => {
+                    conn.last_ping = Some(Instant::now());
+                    let _ = conn.tx.send(Out::Ping(Frame::ping(ep.service_id).to_bytes()));
+                }
+                _ = tokio::time::sleep_until(frag_deadline.unwrap_or(now).into()), if frag_deadline.is_some() => {
+                    let n = conn.fragments.expire(Instant::now());
+                    if n > 0 {
+                        m.fragments.with_label_values(&["dropped_timeout"]).inc_by(n as u64);
+                        tracing::warn!(messages = n, "incomplete fragmented messages dropped after the fragment timeout");
+                    }
+                }
+                msg = read.next() => match msg {
+                    None | Some(Ok(Message::Close(_))) => break Some(Lost::Closed),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %dial_error(&e), "long connection read failed");
+                        break Some(Lost::ReadError);
+                    }
+                    Some(Ok(Message::Binary(b))) => conn.on_frame(&b, settings),
+                    Some(Ok(Message::Text(_))) => {
+                        m.frames.with_label_values(&["in_other"]).inc();
+                        tracing::debug!("text message ignored");
+                    }
+                    // WebSocket-level ping/pong: tungstenite answers pings itself.
+                    Some(Ok(_)) => {}
+                },
+                _ = tokio::time::sleep_until(pong_deadline.into()) => break Some(Lost::PongTimeout),
+            }
+        };
+        if lost.is_none() {
+            // Let the events in flight finish and send their replies before closing.
+            tracing::info!("shutting down the long connection: waiting for in-flight events");
+            let all = self.in_flight.acquire_many(self.permits);
+            if tokio::time::timeout(self.opts.grace, all).await.is_err() {
+                tracing::warn!("in-flight events did not finish within the shutdown grace");
+            }
+        }
+        drop(conn);
+        close.cancel();
+        if !writer_done
+            && tokio::time::timeout(CLOSE_TIMEOUT, &mut writer)
+                .await
+                .is_err()
+        {
+            writer.abort();
+        }
+        lost
+    }
+}
+
+/// The state of one live connection, owned by the reading task.
+struct Conn<'a> {
+    lc: &'a LongConn,
+    ep: &'a Endpoint,
+    tx: mpsc::UnboundedSender<Out>,
+    fragments: Reassembler,
+    last_pong: Instant,
+    last_ping: Option<Instant>,
+}
+
+impl Conn<'_> {
+    fn on_frame(&mut self, bytes: &[u8], settings: &mut Settings) {
+        let m = &self.lc.metrics;
+        let frame = match Frame::decode_bytes(bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                m.longconn.frames.with_label_values(&["in_other"]).inc();
+                m.verification_failures
+                    .with_label_values(&[FailReason::Parse.as_str()])
+                    .inc();
+                tracing::warn!(error = %e, bytes = bytes.len(), "undecodable frame ignored");
+                return;
+            }
+        };
+        match (frame.method, frame.frame_type()) {
+            (METHOD_CONTROL, FrameType::Pong) => {
+                m.longconn.frames.with_label_values(&["in_pong"]).inc();
+                let now = Instant::now();
+                if let Some(sent) = self.last_ping {
+                    m.longconn
+                        .ping_rtt
+                        .observe(now.duration_since(sent).as_secs_f64());
+                }
+                self.last_pong = now;
+                if let Some(cc) = frame.payload.as_deref().and_then(ClientConfig::from_pong) {
+                    settings.apply(&cc);
+                    tracing::info!(?settings, "lark updated the connection settings");
+                }
+            }
+            (METHOD_DATA, FrameType::Event) => {
+                m.longconn.frames.with_label_values(&["in_event"]).inc();
+                self.on_event(frame);
+            }
+            // Card callbacks are not ours to answer (the Go SDK ignores them too).
+            (METHOD_DATA, FrameType::Card) => {
+                m.longconn.frames.with_label_values(&["in_card"]).inc();
+            }
+            _ => {
+                m.longconn.frames.with_label_values(&["in_other"]).inc();
+                tracing::debug!(
+                    method = frame.method,
+                    r#type = frame.header("type").unwrap_or(""),
+                    "frame ignored"
+                );
+            }
+        }
+    }
+
+    fn on_event(&mut self, mut frame: Frame) {
+        let started = Instant::now();
+        let lc = self.lc;
+        let m = &lc.metrics;
+        let trace_id = frame.header("trace_id").unwrap_or("").to_string();
+        let message_id = frame.header("message_id").unwrap_or("").to_string();
+        let span = tracing::info_span!(
+            parent: None,
+            "event",
+            source = "long_connection",
+            device_id = %self.ep.device_id,
+            trace_id = %trace_id,
+            message_id = %message_id,
+            event_id = tracing::field::Empty,
+            event_type = tracing::field::Empty,
+        );
+        let payload = frame.payload.take().unwrap_or_default();
+        let sum = frame
+            .header("sum")
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(1);
+        let payload = if sum > 1 {
+            let seq = frame
+                .header("seq")
+                .and_then(|s| s.trim().parse::<usize>().ok());
+            let added = match seq {
+                Some(seq) if !message_id.is_empty() => {
+                    self.fragments.add(&message_id, sum, seq, payload, started)
+                }
+                _ => Added::Invalid("fragment without message_id or numeric seq"),
+            };
+            match added {
+                Added::Complete(p) => {
+                    m.longconn.fragments.with_label_values(&["assembled"]).inc();
+                    p
+                }
+                Added::Pending | Added::AlreadyDropped => return,
+                Added::DroppedSize => {
+                    m.longconn
+                        .fragments
+                        .with_label_values(&["dropped_size"])
+                        .inc();
+                    m.request(Source::LongConnection, Outcome::TooLarge, started.elapsed());
+                    span.in_scope(|| tracing::warn!(limit = lc.opts.max_body_bytes, "fragmented message dropped: fragments held would exceed server.max_body_bytes"));
+                    return;
+                }
+                Added::Invalid(msg) => {
+                    m.verification_failures
+                        .with_label_values(&[FailReason::Parse.as_str()])
+                        .inc();
+                    span.in_scope(|| tracing::warn!(error = msg, "fragment refused"));
+                    self.reply_now(&frame, 400, Outcome::BadRequest, started);
+                    return;
+                }
+            }
+        } else {
+            payload
+        };
+        if payload.len() > lc.opts.max_body_bytes {
+            span.in_scope(|| {
+                tracing::warn!(
+                    bytes = payload.len(),
+                    "event payload larger than server.max_body_bytes"
+                )
+            });
+            self.reply_now(&frame, 400, Outcome::TooLarge, started);
+            return;
+        }
+        m.body_bytes.observe(payload.len() as f64);
+        let ev = match VerifiedEvent::from_long_connection(&payload) {
+            Ok(ev) => ev,
+            Err(rej) => {
+                m.verification_failures
+                    .with_label_values(&[rej.reason().as_str()])
+                    .inc();
+                span.in_scope(|| tracing::warn!(error = %rej, "event refused"));
+                self.reply_now(&frame, 400, Outcome::BadRequest, started);
+                return;
+            }
+        };
+        span.record("event_id", ev.event_id());
+        span.record("event_type", ev.event_type());
+        let Ok(permit) = lc.in_flight.clone().try_acquire_owned() else {
+            span.in_scope(|| {
+                tracing::warn!(
+                    "too many events in flight (server.max_in_flight); Lark will redeliver"
+                )
+            });
+            self.reply_now(&frame, 500, Outcome::Overloaded, started);
+            return;
+        };
+        let pipeline = lc.pipeline.clone();
+        let metrics = lc.metrics.clone();
+        let tx = self.tx.clone();
+        let deadline = started + lc.opts.budget;
+        tokio::spawn(
+            async move {
+                metrics.in_flight.inc();
+                // Spawned again so that the walk between publish and commit finishes even when
+                // the reply has to go out at the deadline.
+                let walk = tokio::spawn(pipeline.process(ev, deadline).in_current_span());
+                let (code, outcome) = match tokio::time::timeout_at(deadline.into(), walk).await {
+                    Ok(Ok(Ok(p))) => (200, processed_outcome(p)),
+                    Ok(Ok(Err(PipelineError::BadEvent(e)))) => {
+                        metrics
+                            .verification_failures
+                            .with_label_values(&[FailReason::Parse.as_str()])
+                            .inc();
+                        tracing::warn!(error = %e, "event refused");
+                        (400, Outcome::BadRequest)
+                    }
+                    Ok(Ok(Err(PipelineError::Unavailable(msg)))) => {
+                        tracing::warn!(error = msg, "event not accepted; Lark will redeliver");
+                        (500, Outcome::Unavailable)
+                    }
+                    Ok(Err(_)) | Err(_) => (500, Outcome::Unavailable),
+                };
+                send_reply(&tx, &frame, code, started);
+                let elapsed = started.elapsed();
+                metrics.request(Source::LongConnection, outcome, elapsed);
+                tracing::info!(
+                    outcome = outcome.as_str(),
+                    code,
+                    latency_ms = elapsed.as_secs_f64() * 1000.0,
+                    "event finished"
+                );
+                metrics.in_flight.dec();
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Reply at once (the event never reached the pipeline) and count it.
+    fn reply_now(&self, frame: &Frame, code: u16, outcome: Outcome, started: Instant) {
+        send_reply(&self.tx, frame, code, started);
+        self.lc
+            .metrics
+            .request(Source::LongConnection, outcome, started.elapsed());
+    }
+}
+
+fn processed_outcome(p: Processed) -> Outcome {
+    match p {
+        Processed::Published => Outcome::Published,
+        Processed::Duplicate => Outcome::Duplicate,
+        Processed::Ignored => Outcome::Ignored,
+        Processed::Forwarded => Outcome::Forwarded,
+    }
+}
+
+fn send_reply(tx: &mpsc::UnboundedSender<Out>, frame: &Frame, code: u16, started: Instant) {
+    let biz_rt = started.elapsed().as_millis() as u64;
+    let bytes = Frame::reply(frame, code, biz_rt).to_bytes();
+    if tx.send(Out::Reply { bytes, code }).is_err() {
+        tracing::debug!(
+            code,
+            "connection gone before the reply; Lark will redeliver"
+        );
+    }
+}
+
+/// Own the write half: send pings and replies in order, count them; on `close`, send what is
+/// queued, then a close frame.
+async fn write_loop(
+    mut sink: futures::stream::SplitSink<Ws, Message>,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    close: CancellationToken,
+    metrics: Arc<Metrics>,
+) {
+    let m = &metrics.longconn;
+    let count = |kind: &str, code: Option<u16>| {
+        m.frames.with_label_values(&[kind]).inc();
+        if let Some(code) = code {
+            m.replies.with_label_values(&[code_label(code)]).inc();
+        }
+    };
+    let split = |out: Out| match out {
+        Out::Ping(b) => (Message::binary(b), "out_ping", None),
+        Out::Reply { bytes, code } => (Message::binary(bytes), "out_reply", Some(code)),
+    };
+    loop {
+        let out = tokio::select! {
+            biased;
+            out = rx.recv() => match out {
+                Some(out) => out,
+                None => break,
+            },
+            _ = close.cancelled() => break,
+        };
+        let (msg, kind, code) = split(out);
+        if let Err(e) = sink.send(msg).await {
+            tracing::warn!(error = %dial_error(&e), "long connection write failed");
+            return;
+        }
+        count(kind, code);
+    }
+    while let Ok(out) = rx.try_recv() {
+        let (msg, kind, code) = split(out);
+        if sink.send(msg).await.is_err() {
+            return;
+        }
+        count(kind, code);
+    }
+    let _ = sink.send(Message::Close(None)).await;
+    let _ = sink.close().await;
+}
+
+fn code_label(code: u16) -> &'static str {
+    match code {
+        200 => "200",
+        400 => "400",
+        _ => "500",
+    }
+}
+
+/// A tungstenite error for logs: never the URL (its query holds the credentials).
+fn dial_error(e: &tungstenite::Error) -> String {
+    match e {
+        tungstenite::Error::Url(_) => "invalid websocket URL".into(),
+        tungstenite::Error::Http(r) => format!("HTTP {}", r.status()),
+        tungstenite::Error::HttpFormat(_) => "invalid handshake request".into(),
+        other => other.to_string(),
+    }
+}
+
+/// A random duration in `[0, max)`.
+fn random_below(max: Duration) -> Duration {
+    let ms = max.as_millis() as u64;
+    if ms == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(rand::random_range(0..ms))
+    }
+}
+
+/// Sleep, unless the shutdown signal comes first (then `false`).
+async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
+    if d.is_zero() {
+        return !stop.is_cancelled();
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = stop.cancelled() => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_below_the_nonce() {
+        assert_eq!(random_below(Duration::ZERO), Duration::ZERO);
+        for _ in 0..100 {
+            assert!(random_below(Duration::from_secs(1)) < Duration::from_secs(1));
+        }
+    }
+
+    #[test]
+    fn dial_errors_never_show_the_url() {
+        let e = tungstenite::Error::Url(tungstenite::error::UrlError::UnableToConnect(
+            "wss://x/ws?access_key=SECRET&ticket=SECRET".into(),
+        ));
+        assert!(!dial_error(&e).contains("SECRET"));
+    }
+
+    /// `wss://` must get as far as a TLS handshake: the rustls client config (and its crypto
+    /// provider) is built on the first dial, so a missing or ambiguous provider would only
+    /// show against the real Lark.
+    #[tokio::test]
+    async fn wss_dials_reach_the_tls_handshake() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            if let Ok((mut s, _)) = l.accept().await {
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut s, b"not tls").await;
+            }
+        });
+        let r = tokio_tungstenite::connect_async(format!("wss://localhost:{port}/ws/v2")).await;
+        match r {
+            Err(tungstenite::Error::Tls(_)) => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {}
+            other => panic!("expected a TLS failure, got {:?}", other.map(|_| ())),
+        }
+        server.abort();
+    }
+
+    #[test]
+    fn reply_codes_have_fixed_labels() {
+        assert_eq!(
+            [200, 400, 500, 503].map(code_label),
+            ["200", "400", "500", "500"]
+        );
+    }
+}
