@@ -2,8 +2,14 @@
 //! normalize (pure) → dedup reserve → publish → dedup commit. The answer is decided here; the
 //! entrances only translate it (HTTP status, frame reply code).
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use tracing::Instrument;
 
 use crate::config::OnStoreError;
 use crate::dedup::{DedupStore, Owner, Reservation, Settled};
@@ -57,6 +63,23 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// Run `fut` to completion even if the caller goes away, as `tokio::spawn(fut).await` would,
+/// without a task when it need not wait: it is polled once here, and moved to its own task only
+/// if that poll is pending. With the memory store and the stdout sink the whole walk finishes
+/// in that first poll, and a task spawn plus a cross-thread wake-up per request was a
+/// measurable share of the bridge's CPU (BENCHMARKS.md). A poll cannot be interrupted, so the
+/// caller can be dropped only before the first poll or once the task owns the future: the
+/// guarantee is the same. `None` means it panicked (as `JoinError` did).
+pub async fn detached<T: Send + 'static>(
+    fut: impl Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    let mut fut = Box::pin(AssertUnwindSafe(fut).catch_unwind());
+    match futures::poll!(fut.as_mut()) {
+        Poll::Ready(r) => r.ok(),
+        Poll::Pending => tokio::spawn(fut).await.ok().and_then(Result::ok),
+    }
+}
+
 impl Pipeline {
     pub fn new(
         dedup: Arc<dyn DedupStore>,
@@ -64,6 +87,7 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         settings: PipelineSettings,
     ) -> Arc<Self> {
+        dedup.attach_metrics(&metrics);
         Arc::new(Pipeline {
             dedup,
             sink,
@@ -207,11 +231,12 @@ impl Pipeline {
         }
 
         // Commit. The broker holds the event: the answer is 200 whatever happens here. The commit
-        // runs in its own task so that it finishes even when the budget is spent.
+        // is detached so that it finishes even when the budget is spent (in the request's span,
+        // so a failure log names the event).
         if let Some(owner) = owner {
             let this = self.clone();
             let id = out.attrs.id.clone();
-            let commit = tokio::spawn(async move {
+            let commit = detached(async move {
                 let t = Instant::now();
                 let r = this.dedup.commit(&id, &owner, this.settings.ttl).await;
                 this.observe_store("commit", t);
@@ -235,7 +260,7 @@ impl Pipeline {
                         tracing::warn!(error = %e, backend, "dedup commit failed after the broker acknowledged");
                     }
                 }
-            });
+            }.in_current_span());
             let remaining = deadline.saturating_duration_since(Instant::now());
             let _ = tokio::time::timeout(remaining, commit).await;
         }

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -46,6 +46,8 @@ pub struct MemoryStore {
     capacity: usize,
     next_owner: AtomicU64,
     evictions: AtomicU64,
+    /// `lark_bridge_dedup_evictions_total`, once the pipeline attaches the metrics.
+    evictions_metric: OnceLock<prometheus::IntCounter>,
     instance: String,
 }
 
@@ -56,6 +58,7 @@ impl MemoryStore {
             capacity,
             next_owner: AtomicU64::new(1),
             evictions: AtomicU64::new(0),
+            evictions_metric: OnceLock::new(),
             instance: super::instance_id(),
         })
     }
@@ -139,6 +142,9 @@ impl MemoryStore {
                 if *s == seq {
                     if *until > now {
                         self.evictions.fetch_add(1, Ordering::Relaxed);
+                        if let Some(m) = self.evictions_metric.get() {
+                            m.inc();
+                        }
                     }
                     inner.map.remove(&k);
                     return true;
@@ -232,6 +238,10 @@ impl DedupStore for MemoryStore {
 
     async fn check(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn attach_metrics(&self, metrics: &crate::metrics::Metrics) {
+        let _ = self.evictions_metric.set(metrics.dedup_evictions.clone());
     }
 }
 
