@@ -41,9 +41,10 @@ pub fn client_config(cfg: &KafkaSinkConfig, budget: Duration) -> ClientConfig {
     c
 }
 
-/// Publishes in a row without a delivery, with the brokers reachable, after which the producer
-/// is considered wedged and recreated.
-const STALL_UNACKED: u32 = 3;
+/// Milliseconds since the Unix epoch (the stall watch's clock).
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
 
 fn is_fixed(template: &str) -> bool {
     !template.contains('{')
@@ -89,9 +90,13 @@ pub struct KafkaSink {
     /// on its own).
     producer: std::sync::RwLock<FutureProducer>,
     client_config: ClientConfig,
-    /// Publishes started since the last delivery that succeeded (a publish the pipeline
-    /// abandoned at the budget never reports back, so attempts are counted, not errors).
-    unacked_in_a_row: std::sync::atomic::AtomicU32,
+    /// When the oldest publish still waiting for a delivery started, in Unix ms (0 = none
+    /// waiting since the last success). A publish the pipeline abandoned at the budget never
+    /// reports back, so the watch is on time without a success, not on errors; under load
+    /// every success resets it, so a busy healthy producer never looks stalled.
+    waiting_since_ms: std::sync::atomic::AtomicI64,
+    /// Waiting longer than this with the brokers reachable = wedged (2 × the budget, ≥ 3 s).
+    stall_after_ms: i64,
     cfg: KafkaSinkConfig,
     mode: ContentMode,
 }
@@ -144,7 +149,8 @@ impl KafkaSink {
         Ok(Arc::new(KafkaSink {
             producer: std::sync::RwLock::new(producer),
             client_config: cc,
-            unacked_in_a_row: Default::default(),
+            waiting_since_ms: Default::default(),
+            stall_after_ms: (2 * budget.as_millis() as i64).max(3000),
             cfg: cfg.clone(),
             mode,
         }))
@@ -177,7 +183,7 @@ impl KafkaSink {
             Ok(p) => {
                 tracing::warn!("recreated the Kafka producer");
                 *slot = p;
-                self.unacked_in_a_row
+                self.waiting_since_ms
                     .store(0, std::sync::atomic::Ordering::Relaxed);
             }
             Err(e) => tracing::error!(error = %e, "could not recreate the Kafka producer"),
@@ -224,12 +230,16 @@ impl Sink for KafkaSink {
             .payload(payload.as_ref())
             .headers(headers(ev, self.mode));
         let producer = self.producer();
-        self.unacked_in_a_row
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.waiting_since_ms.compare_exchange(
+            0,
+            now_ms(),
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         // A full local queue is overload, not a reason to wait: fail at once.
         match producer.send(record, Timeout::After(Duration::ZERO)).await {
             Ok(d) => {
-                self.unacked_in_a_row
+                self.waiting_since_ms
                     .store(0, std::sync::atomic::Ordering::Relaxed);
                 Ok(Ack {
                     location: format!("{topic}/{}@{}", d.partition, d.offset),
@@ -269,12 +279,10 @@ impl Sink for KafkaSink {
         // Brokers answer but deliveries keep timing out: the idempotent producer is wedged
         // (seen after a broker lost its state). A fresh producer recovers; the timed-out
         // messages were already answered 503, so Lark redelivers them.
-        if r.is_ok()
-            && self
-                .unacked_in_a_row
-                .load(std::sync::atomic::Ordering::Relaxed)
-                >= STALL_UNACKED
-        {
+        let since = self
+            .waiting_since_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if r.is_ok() && since != 0 && now_ms() - since > self.stall_after_ms {
             tracing::warn!("Kafka deliveries keep timing out while the brokers answer");
             self.replace_producer(&producer);
         }
