@@ -2,8 +2,9 @@
 # The whole test suite, exactly as CI runs it (.ci/run calls this and nothing else):
 #   1. install what the tests need when missing (brokers, deploy tools; cached outside the repo),
 #   2. formatting and lints,
-#   3. the offline deploy checks (Helm chart, compose file, alert rules, Dockerfile),
-#   4. every Rust test (unit, black-box HTTP, real NATS / tansu / Redis), with nextest.
+#   3. a smoke run of the benchmark (seconds: every configuration still answers 200),
+#   4. the offline deploy checks (Helm chart, compose file, alert rules, Dockerfile),
+#   5. every Rust test (unit, black-box HTTP, real NATS / tansu / Redis), with nextest.
 # Second runs on the same machine skip every install and reuse target/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -24,8 +25,11 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 
 step "build"
-cargo build --quiet --bins
+cargo build --quiet --bins --examples
 cargo nextest run --no-run --cargo-quiet
+
+step "benchmark smoke (bench/run.sh --smoke: every configuration answers 200)"
+bash bench/run.sh --smoke
 
 step "deploy checks"
 LARK_BRIDGE_BIN="$PWD/target/debug/lark-bridge" bash scripts/check-deploy.sh
