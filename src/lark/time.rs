@@ -69,9 +69,15 @@ pub fn value_millis(v: Option<&Value>) -> Result<Option<i64>, NotANumber> {
     }
 }
 
-/// RFC 3339 UTC with milliseconds: `2020-12-23T12:19:49.000Z`.
+/// RFC 3339 UTC with milliseconds: `2020-12-23T12:19:49.000Z`. `None` outside the years
+/// 0000–9999: RFC 3339 has four-digit years only (chrono would write `+33658-…`, which the
+/// published schema refuses), and a 17- or 18-digit value read as microseconds lands there.
 pub fn rfc3339_millis(ms: i64) -> Option<String> {
+    use chrono::Datelike;
     let t = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)?;
+    if !(0..=9999).contains(&t.year()) {
+        return None;
+    }
     Some(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
@@ -122,6 +128,21 @@ mod tests {
         assert_eq!(
             rfc3339_millis(1_616_920_429_000).unwrap(),
             "2021-03-28T08:33:49.000Z"
+        );
+    }
+
+    #[test]
+    fn years_past_9999_cannot_be_written() {
+        // Found by tests/prop_protocol.rs: an 18-digit create_time (read as microseconds)
+        // gave "+33658-09-27T01:46:39.999Z", invalid against the published schema.
+        assert_eq!(
+            rfc3339_millis(253_402_300_799_999).as_deref(),
+            Some("9999-12-31T23:59:59.999Z")
+        );
+        assert_eq!(rfc3339_millis(253_402_300_800_000), None);
+        assert_eq!(
+            parse_millis("999999999999999999").map(|ms| ms.and_then(rfc3339_millis)),
+            Ok(None)
         );
     }
 }

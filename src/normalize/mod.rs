@@ -24,27 +24,49 @@ pub enum NormalizeError {
     Serialize,
 }
 
+/// `urn:lark:app:{app_id}`, every byte a URN may not hold as such percent-encoded (RFC 8141:
+/// unreserved, sub-delims, `:`, `@`, `/` stay), so that `source` is always the URI-reference
+/// CloudEvents requires and matches the schema's pattern even when an app id holds a newline.
+/// Lark's own ids (`cli_…`) come out unchanged.
+fn source(app_id: Option<&str>) -> String {
+    let app_id = app_id.unwrap_or("unknown");
+    let mut out = String::with_capacity(13 + app_id.len());
+    out.push_str("urn:lark:app:");
+    for b in app_id.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The attributes every envelope shares: id, source, time, Lark extensions.
 pub(crate) fn base_attributes(
     ev: &VerifiedEvent,
     received_ms: i64,
     warnings: &mut Warnings,
 ) -> Attributes {
-    let time_ms = match time::value_millis(ev.create_time()) {
-        Ok(Some(ms)) => ms,
-        Ok(None) => received_ms,
+    let time = match time::value_millis(ev.create_time()) {
+        Ok(Some(ms)) => time::rfc3339_millis(ms).or_else(|| {
+            // A number past the year 9999: unreadable, like a non-number.
+            warnings.push("time");
+            None
+        }),
+        Ok(None) => None,
         Err(_) => {
             warnings.push("time");
-            received_ms
+            None
         }
     };
-    let time = time::rfc3339_millis(time_ms)
+    let time = time
         .or_else(|| time::rfc3339_millis(received_ms))
         .unwrap_or_default();
     Attributes {
         specversion: "1.0",
         id: ev.event_id().to_string(),
-        source: format!("urn:lark:app:{}", ev.app_id().unwrap_or("unknown")),
+        source: source(ev.app_id()),
         ty: "",
         subject: String::new(),
         time,
@@ -54,5 +76,22 @@ pub(crate) fn base_attributes(
         larktenantkey: ev.tenant_key().map(str::to_string),
         larkappid: ev.app_id().map(str::to_string),
         larkeventtype: ev.event_type().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_is_a_uri_reference_whatever_the_app_id() {
+        assert_eq!(
+            source(Some("cli_9f5343c580712544")),
+            "urn:lark:app:cli_9f5343c580712544"
+        );
+        assert_eq!(source(None), "urn:lark:app:unknown");
+        // Found by tests/prop_protocol.rs: "urn:lark:app:\n" failed the schema's pattern.
+        assert_eq!(source(Some("\n")), "urn:lark:app:%0A");
+        assert_eq!(source(Some("a b%é")), "urn:lark:app:a%20b%25%C3%A9");
     }
 }

@@ -97,10 +97,11 @@ fn opt_str(v: Option<&Value>) -> Option<String> {
 }
 
 fn timestamp(v: Option<&Value>, field: &'static str, warnings: &mut Warnings) -> Option<String> {
-    match time::value_millis(v) {
-        Ok(Some(ms)) => time::rfc3339_millis(ms),
+    match time::value_millis(v).map(|ms| ms.map(time::rfc3339_millis)) {
+        Ok(Some(Some(t))) => Some(t),
         Ok(None) => None,
-        Err(_) => {
+        // Not a number, or a number past the year 9999: null, counted.
+        Err(_) | Ok(Some(None)) => {
             warnings.push(field);
             None
         }
@@ -285,6 +286,13 @@ mod tests {
         assert_eq!(d.created_at, None);
         assert_eq!(d.closed_at, None);
         assert_eq!(w, vec!["created_at"]);
+        // Past the year 9999 (18 digits read as microseconds): null and counted, not an
+        // unreadable "+33658-…" string.
+        let (d, w) = data(
+            json!({"ticket_id":"1","helpdesk_id":"2","updated_at":999_999_999_999_999_999i64}),
+        );
+        assert_eq!(d.updated_at, None);
+        assert_eq!(w, vec!["updated_at"]);
     }
 
     #[test]
