@@ -2,7 +2,8 @@
 # The whole test suite, exactly as CI runs it (.ci/run calls this and nothing else):
 #   1. install what the tests need when missing (brokers, deploy tools; cached outside the repo),
 #   2. formatting and lints,
-#   3. a smoke run of the benchmark (seconds: every configuration still answers 200),
+#   3. smoke runs of the benchmark (every configuration still answers 200), of each fuzz target,
+#      and a short fault soak (lost = 0, no duplicate on JetStream),
 #   4. the offline deploy checks (Helm chart, compose file, alert rules, Dockerfile),
 #   5. every Rust test (unit, black-box HTTP, real NATS / tansu / Redis), with nextest.
 # Second runs on the same machine skip every install and reuse target/.
@@ -30,6 +31,12 @@ cargo nextest run --no-run --cargo-quiet
 
 step "benchmark smoke (bench/run.sh --smoke: every configuration answers 200)"
 bash bench/run.sh --smoke
+
+step "fuzz smoke (scripts/fuzz.sh --smoke: a few seconds per target)"
+bash scripts/fuzz.sh --smoke
+
+step "fault soak, short (scripts/soak.sh --short: lost must be 0)"
+bash scripts/soak.sh --short
 
 step "deploy checks"
 LARK_BRIDGE_BIN="$PWD/target/debug/lark-bridge" bash scripts/check-deploy.sh
