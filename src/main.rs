@@ -6,6 +6,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lark_bridge::config::{Config, SecretFiles};
 
+/// mimalloc instead of glibc malloc: malloc/free were 10–20 % of the bridge's CPU in the
+/// benchmark's profiles, much of it buffers allocated on one worker thread and freed on
+/// another, which glibc's per-thread arenas handle poorly (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "lark-bridge",
