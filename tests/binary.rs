@@ -2,8 +2,9 @@
 //! sink, fed by `lark-bridge simulate` as a second process, stopped with SIGTERM. What an operator
 //! sees: CloudEvents on stdout, JSON logs on stderr without a secret, a clean exit.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -50,22 +51,10 @@ fn lines_of(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
 }
 
 fn validator() -> jsonschema::Validator {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas");
-    let read = |n: &str| -> Value {
-        serde_json::from_str(&std::fs::read_to_string(dir.join(n)).unwrap()).unwrap()
-    };
-    let data = read("helpdesk.ticket.created.v1.json");
-    let id = data["$id"].as_str().unwrap().to_string();
-    let registry = jsonschema::Registry::new()
-        .add(&id, data)
-        .unwrap()
-        .prepare()
-        .unwrap();
-    jsonschema::options()
-        .should_validate_formats(true)
-        .with_registry(&registry)
-        .build(&read("cloudevent.helpdesk.ticket.created.v1.json"))
-        .unwrap()
+    common::schema_validator(
+        "cloudevent.helpdesk.ticket.created.v1.json",
+        "helpdesk.ticket.created.v1.json",
+    )
 }
 
 #[test]

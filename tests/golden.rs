@@ -2,6 +2,8 @@
 //! normalizes to exactly the JSON value of `NAME.normalized.json`, and every output (and every
 //! golden file) validates against the published JSON Schemas, which reject an extra field.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use lark_bridge::lark::VerifiedEvent;
@@ -58,22 +60,10 @@ struct Validators {
 }
 
 fn validators(main: &str, data: &str) -> Validators {
-    let main = schema(main);
-    let data = schema(data);
-    let id = data["$id"].as_str().unwrap().to_string();
-    let registry = jsonschema::Registry::new()
-        .add(&id, data.clone())
-        .unwrap()
-        .prepare()
-        .unwrap();
-    let structured = jsonschema::options()
-        .should_validate_formats(true)
-        .with_registry(&registry)
-        .build(&main)
-        .expect("structured schema compiles");
+    let structured = common::schema_validator(main, data);
     let data = jsonschema::options()
         .should_validate_formats(true)
-        .build(&data)
+        .build(&schema(data))
         .expect("data schema compiles");
     Validators { structured, data }
 }

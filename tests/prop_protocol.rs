@@ -291,37 +291,14 @@ struct Schemas {
     raw: jsonschema::Validator,
 }
 
-fn read_schema(name: &str) -> Value {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("schemas")
-        .join(name);
-    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
-}
-
-/// The structured schema with its data schema registered by `$id` (as tests/golden.rs does).
-fn validator(main: &str, data: &str) -> jsonschema::Validator {
-    let data = read_schema(data);
-    let id = data["$id"].as_str().unwrap().to_string();
-    let registry = jsonschema::Registry::new()
-        .add(&id, data)
-        .unwrap()
-        .prepare()
-        .unwrap();
-    jsonschema::options()
-        .should_validate_formats(true)
-        .with_registry(&registry)
-        .build(&read_schema(main))
-        .expect("schema compiles")
-}
-
 fn schemas() -> &'static Schemas {
     static S: OnceLock<Schemas> = OnceLock::new();
     S.get_or_init(|| Schemas {
-        ticket: validator(
+        ticket: common::schema_validator(
             "cloudevent.helpdesk.ticket.created.v1.json",
             "helpdesk.ticket.created.v1.json",
         ),
-        raw: validator("cloudevent.raw.v1.json", "raw.v1.json"),
+        raw: common::schema_validator("cloudevent.raw.v1.json", "raw.v1.json"),
     })
 }
 

@@ -358,3 +358,28 @@ pub async fn post(url: &str, r: &LarkRequest) -> (u16, serde_json::Value) {
     let body = resp.json().await.unwrap_or(serde_json::Value::Null);
     (status, body)
 }
+
+/// A schema from `schemas/`.
+pub fn read_schema(name: &str) -> serde_json::Value {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("schemas")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+}
+
+/// The structured-event schema `main`, with the data schema `data` registered by its `$id`
+/// (the way the published schemas reference each other), formats checked.
+pub fn schema_validator(main: &str, data: &str) -> jsonschema::Validator {
+    let data = read_schema(data);
+    let id = data["$id"].as_str().unwrap().to_string();
+    let registry = jsonschema::Registry::new()
+        .add(&id, data)
+        .unwrap()
+        .prepare()
+        .unwrap();
+    jsonschema::options()
+        .should_validate_formats(true)
+        .with_registry(&registry)
+        .build(&read_schema(main))
+        .expect("schema compiles")
+}
