@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -411,104 +410,17 @@ for_both_backends!(
     on_store_error_publish,
 );
 
-// ---------------------------------------------------------------- servers of our own
-
-/// A server this file starts itself (with credentials, or to stop with SIGSTOP, which the
-/// harness's `Proc` does not offer), killed on drop.
-struct Own {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Own {
-    /// `redis-server` or `nats-server` (with JetStream) on a free port, plus `extra` arguments.
-    async fn start(backend: Backend, extra: &[&str]) -> Own {
-        let port = free_port();
-        let dir = tempfile::tempdir().unwrap();
-        let (program, mut args) = match backend {
-            Backend::Redis => (
-                "redis-server".to_string(),
-                vec![
-                    "--port".to_string(),
-                    port.to_string(),
-                    "--bind".into(),
-                    "127.0.0.1".into(),
-                    "--save".into(),
-                    "".into(),
-                    "--appendonly".into(),
-                    "no".into(),
-                    "--dir".into(),
-                    dir.path().display().to_string(),
-                ],
-            ),
-            Backend::Nats => (
-                cache_bin("nats-server").display().to_string(),
-                vec![
-                    "-a".to_string(),
-                    "127.0.0.1".into(),
-                    "-p".into(),
-                    port.to_string(),
-                    "-js".into(),
-                    "-sd".into(),
-                    dir.path().display().to_string(),
-                ],
-            ),
-        };
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let child = Command::new(program)
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let own = Own {
-            child,
-            url: format!("{}://127.0.0.1:{port}", backend.name()),
-            _dir: dir,
-        };
-        for _ in 0..500 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return own;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("{backend:?} never opened port {port}");
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} failed");
-    }
-}
-
-impl Drop for Own {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A stalled server (SIGSTOP: the connection stays open, nothing answers) makes store calls
 /// fail well within the response budget instead of hanging; after SIGCONT the same client works
 /// again. A reservation sent into the stall may still land when the server wakes: it blocks that
 /// id for one lease only.
 async fn stalled_store_fails_fast_and_recovers(backend: Backend) {
-    let server = Own::start(backend, &[]).await;
-    let url_key = format!("dedup.{}.url", backend.name());
-    let cfg = config(&[("dedup.backend", backend.name()), (&url_key, &server.url)]);
+    let server = Server::start(backend).await;
+    let cfg = server.config(&[]);
     let store = lark_bridge::build_dedup(&cfg).await.unwrap();
     owner(store.reserve("ev_before", LEASE).await.unwrap());
 
-    server.signal("-STOP");
+    server.proc.signal("-STOP");
     let short = Duration::from_millis(300);
     let started = Instant::now();
     let r = store.reserve("ev_stalled", short).await;
@@ -519,7 +431,7 @@ async fn stalled_store_fails_fast_and_recovers(backend: Backend) {
         elapsed < Duration::from_secs(4),
         "two calls took {elapsed:?}"
     );
-    server.signal("-CONT");
+    server.proc.signal("-CONT");
 
     // Bounded poll: the first call after the stall may still meet the backlog.
     let mut recovered = None;
@@ -555,8 +467,8 @@ mod stalled {
 /// message that names neither password.
 #[tokio::test]
 async fn redis_password_is_used_and_never_shown() {
-    let server = Own::start(Backend::Redis, &["--requirepass", "right-pw-4711"]).await;
-    let url = server.url.clone();
+    let server = start_redis_with(&["--requirepass", "right-pw-4711"]).await;
+    let url = server.url("redis");
 
     let pw_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(pw_file.path(), "right-pw-4711\n").unwrap();
@@ -602,8 +514,8 @@ async fn redis_password_is_used_and_never_shown() {
 /// either token.
 #[tokio::test]
 async fn nats_token_is_used_and_never_shown() {
-    let server = Own::start(Backend::Nats, &["--auth", "right-token-4711"]).await;
-    let url = server.url.clone();
+    let server = start_nats_with(&["--auth", "right-token-4711"]).await;
+    let url = server.url("nats");
 
     let cfg = config(&[
         ("dedup.backend", "nats"),

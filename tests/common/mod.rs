@@ -104,6 +104,16 @@ impl Proc {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// Send a signal, e.g. `-STOP` / `-CONT` to freeze and thaw the server.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+
     pub fn url(&self, scheme: &str) -> String {
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
@@ -117,9 +127,14 @@ impl Drop for Proc {
 
 /// nats-server ≥ 2.10 with JetStream (KV needs it).
 pub async fn start_nats() -> Proc {
+    start_nats_with(&[]).await
+}
+
+/// nats-server with `extra` arguments (e.g. `--auth TOKEN`).
+pub async fn start_nats_with(extra: &[&str]) -> Proc {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let argv = vec![
+    let mut argv = vec![
         cache_bin("nats-server").display().to_string(),
         "-a".into(),
         "127.0.0.1".into(),
@@ -129,15 +144,21 @@ pub async fn start_nats() -> Proc {
         "-sd".into(),
         dir.path().display().to_string(),
     ];
+    argv.extend(extra.iter().map(|s| s.to_string()));
     let p = Proc::spawn(argv, port, dir);
     p.ready().await;
     p
 }
 
 pub async fn start_redis() -> Proc {
+    start_redis_with(&[]).await
+}
+
+/// redis-server with `extra` arguments (e.g. `--requirepass PW`).
+pub async fn start_redis_with(extra: &[&str]) -> Proc {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let argv = vec![
+    let mut argv = vec![
         "redis-server".into(),
         "--port".into(),
         port.to_string(),
@@ -150,6 +171,7 @@ pub async fn start_redis() -> Proc {
         "--dir".into(),
         dir.path().display().to_string(),
     ];
+    argv.extend(extra.iter().map(|s| s.to_string()));
     let p = Proc::spawn(argv, port, dir);
     p.ready().await;
     p
