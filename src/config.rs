@@ -640,7 +640,7 @@ impl Config {
         let raw = b.build().map_err(|e| ConfigError(e.to_string()))?;
         let mut cfg: Config = raw
             .try_deserialize()
-            .map_err(|e| ConfigError(explain_deserialize_error(e)))?;
+            .map_err(|e| ConfigError(e.to_string()))?;
         cfg.resolve_secret_files(secret_files)?;
         cfg.validate(secret_files)?;
         Ok(cfg)
@@ -908,9 +908,4 @@ fn check_template(t: &str, key: &str) -> Result<(), ConfigError> {
         return err(format!("{key} must not be empty"));
     }
     Ok(())
-}
-
-/// `config`'s messages name the field but not always the section; add what it knows.
-fn explain_deserialize_error(e: config::ConfigError) -> String {
-    e.to_string()
 }
