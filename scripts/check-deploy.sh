@@ -87,12 +87,13 @@ render() {
 }
 # The configurations the bridge must accept: the default and all-on values, the two examples,
 # and an existing Secret that holds NATS credentials (they go to the NATS KV store too).
-RENDERS=(default all-on nats kafka existing-secret)
+RENDERS=(default all-on nats kafka longconn existing-secret)
 render_all() {
   render default &&
     render all-on -f "$ALL_ON" &&
     render nats -f deploy/values-nats.yaml &&
     render kafka -f deploy/values-kafka.yaml &&
+    render longconn -f deploy/values-longconn.yaml --set secrets.appSecret=example &&
     render existing-secret -f deploy/values-nats.yaml --set existingSecret=lark-bridge-credentials \
       --set 'existingSecretKeys={encrypt_key,verification_token,nats_password}'
 }
@@ -110,11 +111,12 @@ check_validate() {
 
 check_examples() {
   local f
-  for f in deploy/values-nats.yaml deploy/values-kafka.yaml; do
+  for f in deploy/values-nats.yaml deploy/values-kafka.yaml deploy/values-longconn.yaml; do
     helm_q lint --strict "$CHART" -f "$f" || return 1
   done
   check_validate nats -f deploy/values-nats.yaml &&
-    check_validate kafka -f deploy/values-kafka.yaml
+    check_validate kafka -f deploy/values-kafka.yaml &&
+    check_validate longconn -f deploy/values-longconn.yaml --set secrets.appSecret=example
 }
 
 # Each case must make helm fail, for the reason given (a pattern of its error message).
@@ -249,7 +251,11 @@ for name in names:
             if cfg.get(section, {}).get("nats", {}).get("password_file") != "/etc/lark-bridge/secrets/nats_password":
                 errors.append(f"existing-secret: {section}.nats.password_file is not the mounted nats_password")
     lark = cfg.get("lark", {})
-    if not (lark.get("encrypt_key_file") or lark.get("verification_token_file") or lark.get("allow_unverified")):
+    if cfg.get("source", {}).get("kind") == "long_connection":
+        # The App Secret authenticates the connection; no Encrypt Key or Token is needed.
+        if not lark.get("app_secret_file"):
+            errors.append(f"{name}: long_connection without app_secret_file")
+    elif not (lark.get("encrypt_key_file") or lark.get("verification_token_file") or lark.get("allow_unverified")):
         errors.append(f"{name}: neither encrypt_key_file nor verification_token_file")
 print("\n".join(errors) or "configs parse; secrets only as mounted files")
 sys.exit(1 if errors else 0)
@@ -674,7 +680,7 @@ run_check "helm lint --strict (default values)" check_lint_default
 run_check "helm lint --strict (ci/all-on-values.yaml)" check_lint_all_on
 run_check "default render valid for Kubernetes $K8S_VERSION (kubernetes-validate --strict)" check_validate default
 run_check "all-on render valid for Kubernetes $K8S_VERSION (kubernetes-validate --strict)" check_validate all-on -f "$ALL_ON"
-run_check "deploy/values-nats.yaml and values-kafka.yaml: lint and valid render" check_examples
+run_check "deploy/values-{nats,kafka,longconn}.yaml: lint and valid render" check_examples
 run_check "values.schema.json and chart guards reject bad values" check_rejects_bad_values
 run_check "Deployment: replicas, rollout, probes, grace period, security, spread" check_deployment
 run_check "ServiceMonitor and PrometheusRule structure and CRD schemas (all-on)" check_monitoring_resources

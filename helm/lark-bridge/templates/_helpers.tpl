@@ -80,7 +80,9 @@ bridge's own error about an empty key rather than running unverified.
 {{- end }}
 {{- end }}
 {{- $unverified := and .Values.config.lark (index .Values.config.lark "allow_unverified") }}
-{{- if and (not (has "encrypt_key" $keys)) (not (has "verification_token" $keys)) (not $unverified) }}
+{{- /* Long-connection mode authenticates with the App Secret: no Encrypt Key needed. */}}
+{{- $longconn := and .Values.config.source (eq (toString (index .Values.config.source "kind")) "long_connection") }}
+{{- if and (not (has "encrypt_key" $keys)) (not $longconn) (not (has "verification_token" $keys)) (not $unverified) }}
 {{- $keys = append $keys "encrypt_key" }}
 {{- end }}
 {{- end }}
@@ -90,7 +92,8 @@ bridge's own error about an empty key rather than running unverified.
 {{/* True (non-empty) when no Lark credential was given: NOTES warns about it. */}}
 {{- define "lark-bridge.missingLarkSecret" -}}
 {{- $unverified := and .Values.config.lark (index .Values.config.lark "allow_unverified") }}
-{{- if and (not .Values.existingSecret) (not .Values.secrets.encryptKey) (not .Values.secrets.verificationToken) (not $unverified) -}}
+{{- $longconn := and .Values.config.source (eq (toString (index .Values.config.source "kind")) "long_connection") }}
+{{- if and (not $longconn) (not .Values.existingSecret) (not .Values.secrets.encryptKey) (not .Values.secrets.verificationToken) (not $unverified) -}}
 true
 {{- end }}
 {{- end }}
