@@ -1273,7 +1273,7 @@ async fn request_head_over_max_header_bytes_is_431() {
     // decisions.md: larger → 431, outcome bad_request; lark-protocol.md §6: every response is JSON.
     let mut t = start(&[("server.max_header_bytes", "8192")]).await;
     let mut r = ticket_with_id("ev_big_head", "hd");
-    // Over max_header_bytes but under hyper's hard cap (twice that): the handler's JSON 431.
+    // Over max_header_bytes but under hyper's hard cap (four times that, at least 64 KiB): the handler's JSON 431.
     r.headers.push(("x-padding", "p".repeat(10_000)));
     let mut req = reqwest::Client::new()
         .post(&t.bridge.url)

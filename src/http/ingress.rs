@@ -31,7 +31,7 @@ pub struct IngressState {
     pub max_in_flight: usize,
     pub in_flight: AtomicUsize,
     /// Largest request head; larger → 431 (JSON, outcome `bad_request`). hyper's own buffer
-    /// is twice this, so only absurd heads get hyper's bare 431.
+    /// is four times this (≥ 64 KiB), so only absurd heads get hyper's bare 431.
     pub max_header_bytes: usize,
 }
 

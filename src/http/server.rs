@@ -34,8 +34,10 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.read_timeout)
-        // The handler enforces max_header_bytes with a JSON 431; this is the hard cap behind it.
-        .max_buf_size((limits.max_header_bytes * 2).max(8192))
+        // The handler enforces max_header_bytes with a JSON 431; this is the hard cap behind it
+        // (hyper answers a bare 431 past it). Four times the limit, at least 64 KiB: room for
+        // the JSON answer on any head a real client sends, bounded memory per connection.
+        .max_buf_size((limits.max_header_bytes * 4).max(64 * 1024))
         .max_headers(100)
         .keep_alive(true);
     tokio::pin!(shutdown);
