@@ -429,17 +429,10 @@ async fn a_stalled_broker_gives_500_within_the_budget() {
     );
     let bridge = LcBridge::from_config(cfg).await;
     connected(&fake, &bridge, 1).await;
-    let pid = nats.pid().to_string();
-    std::process::Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap();
+    nats.signal("-STOP");
     fake.deliver(ticket_payload(&new_event_id(), "1"), None);
     let replies = fake.wait_replies(1, WAIT).await;
-    std::process::Command::new("kill")
-        .args(["-CONT", &pid])
-        .status()
-        .unwrap();
+    nats.signal("-CONT");
     let r = &replies[0];
     assert_eq!(r.code, Some(500));
     let took = r.at.duration_since(r.sent_at.unwrap());

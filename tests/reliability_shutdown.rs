@@ -237,7 +237,7 @@ async fn sigterm_under_load_drains_in_flight_requests_and_loses_no_acknowledged_
 
     // Freeze the broker: every worker's next request is held inside the bridge, waiting for
     // its PubAck. Wait until the bridge reports all of them in flight.
-    signal("STOP", nats.pid());
+    nats.signal("-STOP");
     let held = tokio::time::timeout(Duration::from_secs(2), async {
         loop {
             let text = metrics(client.clone(), admin.clone()).await;
@@ -249,7 +249,7 @@ async fn sigterm_under_load_drains_in_flight_requests_and_loses_no_acknowledged_
     })
     .await;
     if held.is_err() {
-        signal("CONT", nats.pid());
+        nats.signal("-CONT");
         panic!("the requests never piled up in flight");
     }
 
@@ -268,7 +268,7 @@ async fn sigterm_under_load_drains_in_flight_requests_and_loses_no_acknowledged_
     })
     .await;
     let still_running = child.try_wait().unwrap().is_none();
-    signal("CONT", nats.pid());
+    nats.signal("-CONT");
     assert!(refused.is_ok(), "the listener still accepts after SIGTERM");
     assert!(
         still_running,

@@ -191,18 +191,11 @@ async fn stalled_broker_gives_503_within_the_budget() {
     .await;
     bridge.wait_ready(200).await;
     // Freeze the server: connections stay open, nothing answers.
-    let pid = nats.pid();
-    std::process::Command::new("kill")
-        .args(["-STOP", &pid.to_string()])
-        .status()
-        .unwrap();
+    nats.signal("-STOP");
     let t = Instant::now();
     let (status, body) = post(&bridge.url, &ticket("1")).await;
     let elapsed = t.elapsed();
-    std::process::Command::new("kill")
-        .args(["-CONT", &pid.to_string()])
-        .status()
-        .unwrap();
+    nats.signal("-CONT");
     assert_eq!(status, 503, "{body}");
     assert!(
         elapsed >= Duration::from_millis(450),
