@@ -436,6 +436,11 @@ tests:
         values: '0x40'
       - series: 'lark_bridge_unverified_mode{job="lark-bridge",instance="a:9090"}'
         values: '0x40'
+      # A webhook replica exports lark_bridge_longconn_connected 0: no alert for that.
+      - series: 'lark_bridge_source_info{job="lark-bridge",instance="a:9090",source="webhook"}'
+        values: '1x40'
+      - series: 'lark_bridge_longconn_connected{job="lark-bridge",instance="a:9090"}'
+        values: '0x40'
     alert_rule_test:
       - {eval_time: 25m, alertname: LarkBridgeRejectsRising, exp_alerts: []}
       - {eval_time: 25m, alertname: LarkBridgePublishFailures, exp_alerts: []}
@@ -445,6 +450,7 @@ tests:
       - {eval_time: 25m, alertname: LarkBridgeDedupStoreDown, exp_alerts: []}
       - {eval_time: 25m, alertname: LarkBridgeDedupCommitFailures, exp_alerts: []}
       - {eval_time: 25m, alertname: LarkBridgeUnverifiedMode, exp_alerts: []}
+      - {eval_time: 25m, alertname: LarkBridgeLongConnectionDown, exp_alerts: []}
   - name: publish failures
     interval: 1m
     input_series:
@@ -497,6 +503,36 @@ tests:
     alert_rule_test:
       - {eval_time: 6m, alertname: LarkBridgeDedupCommitFailures, exp_alerts: [{exp_labels: {severity: warning, job: lark-bridge, backend: redis}}]}
       - {eval_time: 10m, alertname: LarkBridgeUnverifiedMode, exp_alerts: [{exp_labels: {severity: warning, job: lark-bridge, instance: "a:9090"}}]}
+  # lc-a loses its long connection at 2m; lc-b stays connected; wh is a webhook replica, which
+  # exports lark_bridge_longconn_connected 0 all along and must never fire.
+  - name: long connection down on a long-connection replica only
+    interval: 1m
+    input_series:
+      - series: 'lark_bridge_source_info{job="lark-bridge",instance="lc-a:9090",source="long_connection"}'
+        values: '1x20'
+      - series: 'lark_bridge_longconn_connected{job="lark-bridge",instance="lc-a:9090"}'
+        values: '1 1 0x18'
+      - series: 'lark_bridge_source_info{job="lark-bridge",instance="lc-b:9090",source="long_connection"}'
+        values: '1x20'
+      - series: 'lark_bridge_longconn_connected{job="lark-bridge",instance="lc-b:9090"}'
+        values: '1x20'
+      - series: 'lark_bridge_source_info{job="lark-bridge",instance="wh:9090",source="webhook"}'
+        values: '1x20'
+      - series: 'lark_bridge_longconn_connected{job="lark-bridge",instance="wh:9090"}'
+        values: '0x20'
+    alert_rule_test:
+      - {eval_time: 5m, alertname: LarkBridgeLongConnectionDown, exp_alerts: []}
+      - {eval_time: 10m, alertname: LarkBridgeLongConnectionDown, exp_alerts: [{exp_labels: {severity: critical, job: lark-bridge, instance: "lc-a:9090"}}]}
+  # A long connection that comes back within the 5 minutes raises nothing.
+  - name: long connection back within 5 minutes
+    interval: 1m
+    input_series:
+      - series: 'lark_bridge_source_info{job="lark-bridge",instance="lc-a:9090",source="long_connection"}'
+        values: '1x20'
+      - series: 'lark_bridge_longconn_connected{job="lark-bridge",instance="lc-a:9090"}'
+        values: '1 1 0 0 0 1x15'
+    alert_rule_test:
+      - {eval_time: 10m, alertname: LarkBridgeLongConnectionDown, exp_alerts: []}
 EOF
   "$PROMTOOL" test rules "$WORK/alerts-test.yaml"
 }
@@ -513,6 +549,7 @@ FIXED = {
     "lark_bridge_dedup_commit_failures_total", "lark_bridge_in_flight_requests",
     "lark_bridge_sink_up", "lark_bridge_dedup_store_up", "lark_bridge_build_info",
     "lark_bridge_normalize_warnings_total", "lark_bridge_unverified_mode",
+    "lark_bridge_longconn_connected", "lark_bridge_source_info",
 }
 HISTOGRAMS = {"lark_bridge_request_duration_seconds", "lark_bridge_publish_duration_seconds",
               "lark_bridge_dedup_store_duration_seconds"}
@@ -552,7 +589,8 @@ used = set(re.findall(r"\blark_bridge_[a-z0-9_]+", json.dumps(dash)))
 used = {re.sub(r"_(bucket|sum|count)$", "", m) if re.sub(r"_(bucket|sum|count)$", "", m) in HISTOGRAMS else m for m in used}
 for want in ("lark_bridge_requests_total", "lark_bridge_request_duration_seconds", "lark_bridge_verification_failures_total",
              "lark_bridge_publish_total", "lark_bridge_publish_duration_seconds", "lark_bridge_dedup_total",
-             "lark_bridge_in_flight_requests", "lark_bridge_sink_up", "lark_bridge_dedup_store_up"):
+             "lark_bridge_in_flight_requests", "lark_bridge_sink_up", "lark_bridge_dedup_store_up",
+             "lark_bridge_longconn_connected", "lark_bridge_source_info"):
     if want not in used:
         errors.append(f"dashboard: no panel shows {want}")
 print("\n".join(errors) or f"{n} alert expressions and {t} dashboard queries use only the fixed metrics")
