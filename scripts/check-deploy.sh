@@ -640,7 +640,12 @@ env = s["lark-bridge"]["environment"]
 need("COMPOSE_PROFILES" in str(env.get("LARK_BRIDGE__SINK__KIND")), "sink kind does not follow COMPOSE_PROFILES")
 need(env.get("LARK_BRIDGE__LARK__ENCRYPT_KEY") == "dev-key", "bridge encrypt key is not dev-key")
 need(env.get("LARK_BRIDGE__DEDUP__BACKEND") in ("redis", "nats"), "dedup store is not shared")
-need(set(map(str, s["lark-bridge"].get("ports", []))) >= {"8080:8080", "9090:9090"}, "bridge ports")
+need(set(map(str, s["lark-bridge"].get("ports", []))) >= {"127.0.0.1:8080:8080", "127.0.0.1:9090:9090"}, "bridge ports")
+# A laptop stack publishes on loopback only (dclint no-unbound-port-interfaces).
+for name, svc in s.items():
+    for p in svc.get("ports", []):
+        host_ip = p.get("host_ip") if isinstance(p, dict) else (str(p).rsplit(":", 2)[0] if str(p).count(":") == 2 else None)
+        need(host_ip == "127.0.0.1", f"{name}: port {p} is not bound to 127.0.0.1")
 cmd = s["simulate"]["command"]
 need(cmd[0] == "simulate", "simulate does not run `lark-bridge simulate`")
 args = dict(zip(cmd[1::2], cmd[2::2]))
