@@ -6,9 +6,10 @@
 #   nats       the bridge → NATS JetStream (each request awaits its PubAck), memory dedup;
 #   nats_redis the bridge → NATS JetStream, Redis dedup;
 #   kafka      the bridge → Kafka (tansu, in-memory storage), memory dedup.
-# For each: peak req/s and p99 with `lark-bridge simulate` (closed loop, --concurrency workers,
+# For each: peak req/s and p99 with `lark-load` (the fake-lark crate's load generator; closed
+# loop, --concurrency workers,
 # one keep-alive connection each, bodies signed and encrypted before the clock starts), then p99
-# at half that peak (`simulate --rate`). Brokers are started on free loopback ports for their
+# at half that peak (`lark-load --rate`). Brokers are started on free loopback ports for their
 # configuration and killed after it; everything this script starts is killed on exit.
 #
 # Usage: bench/run.sh [--smoke] [--duration S] [--warmup S] [--concurrency C]
@@ -81,14 +82,15 @@ trap 'exit 130' INT TERM
 
 log "building ($PROFILE)"
 if [ "$PROFILE" = release ]; then
-    cargo build --quiet --release --bins --examples
+    cargo build --quiet --release --workspace --bin lark-bridge --bin lark-load --examples
     DIR=release
 else
-    cargo build --quiet --bins --example baseline
+    cargo build --quiet --workspace --bin lark-bridge --bin lark-load --example baseline
     DIR=debug
 fi
 TARGET="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 BRIDGE="$TARGET/$DIR/lark-bridge"
+LOAD="$TARGET/$DIR/lark-load"
 BASELINE="$TARGET/$DIR/examples/baseline"
 
 if [ ! -x "$CACHE_BIN/nats-server" ] || [ ! -x "$CACHE_BIN/tansu" ] || ! command -v redis-server >/dev/null; then
@@ -142,7 +144,7 @@ loadavg() { cut -d' ' -f1 /proc/loadavg; }
 sim() { # URL OUTFILE ARGS...
     local url="$1" out="$2"
     shift 2
-    "$BRIDGE" simulate --url "$url" --encrypt-key "$KEY" --token "$TOKEN" --json \
+    "$LOAD" --url "$url" --encrypt-key "$KEY" --token "$TOKEN" --json \
         --timeout-ms 3000 "$@" >"$out"
 }
 
@@ -165,11 +167,11 @@ measure() {
         pool=$((40000 * DURATION))
     fi
     log "$name: peak, ${DURATION}s at concurrency $CONCURRENCY (pool $pool)"
-    "$BRIDGE" simulate --url "$url" --encrypt-key "$KEY" --token "$TOKEN" --json --timeout-ms 3000 \
+    "$LOAD" --url "$url" --encrypt-key "$KEY" --token "$TOKEN" --json --timeout-ms 3000 \
         --duration "${DURATION}s" --concurrency "$CONCURRENCY" --pool "$pool" >"$WORK/$name.peak.json" &
     simpid=$!
-    # simulate builds its pool first, then opens its connections and starts the clock: sample
-    # the CPU counters from then on (the generator's own CPU is measured by simulate).
+    # lark-load builds its pool first, then opens its connections and starts the clock: sample
+    # the CPU counters from then on (the generator's own CPU is measured by lark-load).
     while kill -0 "$simpid" 2>/dev/null &&
         [ "$(find "/proc/$simpid/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)" -lt $((CONCURRENCY + 3)) ]; do
         sleep 0.02

@@ -9,9 +9,9 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use lark_bridge::lark::{crypto, signature, EncryptKey, Inbound, SignatureHeaders, Verifier};
-use lark_bridge::normalize::ticket_created::normalize;
 use lark_bridge::simulate::{lark_request, ticket_event, LarkRequest};
+use lark_protocol::normalize::ticket_created::normalize;
+use lark_protocol::{crypto, signature, EncryptKey, Inbound, SignatureHeaders, Verifier};
 
 const KEY: &str = "bench encrypt key";
 const TOKEN: &str = "bench verification token";
@@ -56,7 +56,7 @@ fn sig(r: &LarkRequest) -> SignatureHeaders<'_> {
     }
 }
 
-fn verify(f: &Fixture) -> lark_bridge::lark::VerifiedEvent {
+fn verify(f: &Fixture) -> lark_protocol::VerifiedEvent {
     match f.verifier.verify(sig(&f.req), &f.req.body, 0) {
         Ok(Inbound::Event(ev)) => ev,
         other => panic!("the fixture does not verify: {other:?}"),

@@ -2,7 +2,7 @@
 # Soak with faults (issue 10): proves "every 200 we give Lark is in the broker, once".
 #
 # Two bridge replicas (real processes) share a Redis dedup store and publish to NATS JetStream
-# (or Kafka/tansu). `lark-bridge simulate` drives distinct events at a steady rate through a
+# (or Kafka/tansu). `lark-load` (the fake-lark crate's load generator) drives distinct events at a steady rate through a
 # round-robin HTTP front (examples/lb.rs: per request, skipping a dead replica) and replays
 # every non-200 like Lark, with shortened delays. Meanwhile a fault schedule kills (SIGKILL)
 # and restarts, in turn, the broker, the dedup store, one replica, and that replica again with
@@ -71,13 +71,14 @@ bash scripts/ensure-tools.sh >/dev/null
 export PATH="$CACHE/bin:$PATH"
 log "building ($PROFILE)"
 if [ "$PROFILE" = release ]; then
-    cargo build --quiet --release --bin lark-bridge --example lb --example soak_check
+    cargo build --quiet --release --workspace --bin lark-bridge --bin lark-load --example lb --example soak_check
     TARGET=target/release
 else
-    cargo build --quiet --bin lark-bridge --example lb --example soak_check
+    cargo build --quiet --workspace --bin lark-bridge --bin lark-load --example lb --example soak_check
     TARGET=target/debug
 fi
 BIN="$PWD/$TARGET/lark-bridge"
+LOAD="$PWD/$TARGET/lark-load"
 LB="$PWD/$TARGET/examples/lb"
 CHECK="$PWD/$TARGET/examples/soak_check"
 
@@ -173,7 +174,7 @@ wait_port "$LB_PORT" lb
 # ---------------------------------------------------------------- load and faults
 
 log "load: ${RATE} events/s for ${LOAD_SECS} s through 2 replicas, sink $SINK, dedup redis"
-"$BIN" simulate --url "http://127.0.0.1:$LB_PORT/webhook/event" \
+"$LOAD" --url "http://127.0.0.1:$LB_PORT/webhook/event" \
     --encrypt-key "$KEY" --token "$TOKEN" \
     --rate "$RATE" --duration "${LOAD_SECS}s" --concurrency "$CONCURRENCY" \
     --retry-ms "$RETRY_MS" --timeout-ms 3000 \

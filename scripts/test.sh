@@ -19,15 +19,15 @@ fi
 bash scripts/ensure-tools.sh
 bash scripts/ensure-deploy-tools.sh >/dev/null
 
-step "cargo fmt --check"
-cargo fmt --check
+step "cargo fmt --all --check"
+cargo fmt --all --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets --quiet -- -D warnings
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "build"
-cargo build --quiet --bins --examples
-cargo nextest run --no-run --cargo-quiet
+cargo build --quiet --workspace --bins --examples
+cargo nextest run --workspace --no-run --cargo-quiet
 
 step "benchmark smoke (bench/run.sh --smoke: every configuration answers 200)"
 bash bench/run.sh --smoke
@@ -42,4 +42,4 @@ step "deploy checks"
 LARK_BRIDGE_BIN="$PWD/target/debug/lark-bridge" bash scripts/check-deploy.sh
 
 step "tests"
-cargo nextest run --no-fail-fast
+cargo nextest run --workspace --no-fail-fast

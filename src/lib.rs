@@ -15,15 +15,11 @@
 
 pub mod config;
 pub mod dedup;
-pub mod event;
-pub mod fakelark;
 pub mod health;
 pub mod http;
-pub mod lark;
 pub mod logging;
 pub mod metrics;
 pub mod natsconn;
-pub mod normalize;
 pub mod pipeline;
 pub mod simulate;
 pub mod sink;
@@ -39,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use config::{Config, DedupBackend, SinkKind, SourceKind};
 use dedup::DedupStore;
-use lark::{EncryptKey, Verifier};
+use lark_protocol::{crypto::EncryptKey, Verifier};
 use metrics::Metrics;
 use pipeline::{Pipeline, PipelineSettings};
 use sink::Sink;

@@ -36,11 +36,9 @@ enum Command {
         #[arg(long)]
         skip_secret_files: bool,
     },
-    /// Play Lark: send signed, encrypted ticket.created events to a bridge.
+    /// Smoke-test a deployment: send signed, encrypted ticket.created events as Lark does and
+    /// print each answer (exits non-zero unless every answer is 200).
     Simulate(lark_bridge::simulate::SimulateArgs),
-    /// Play Lark's long-connection side locally (discovery + WebSocket) to try
-    /// source.kind = "long_connection" without a Lark account.
-    FakeLark(lark_bridge::fakelark::FakeLarkArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -78,15 +76,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Simulate(args) => {
-            lark_bridge::simulate::run(args)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            Ok(())
-        }
-        Command::FakeLark(args) => {
-            lark_bridge::fakelark::run_cli(args, shutdown_signal())
-                .await
-                .map_err(anyhow::Error::msg)?;
+            lark_bridge::simulate::run(args).await?;
             Ok(())
         }
         Command::Run => {

@@ -13,11 +13,11 @@ use tracing::Instrument;
 
 use crate::config::OnStoreError;
 use crate::dedup::{DedupStore, Owner, Reservation, Settled};
-use crate::event::Outgoing;
-use crate::lark::VerifiedEvent;
 use crate::metrics::Metrics;
-use crate::normalize::{self, NormalizeError};
 use crate::sink::{PublishErrorKind, Sink};
+use lark_protocol::event::Outgoing;
+use lark_protocol::normalize::{self, NormalizeError};
+use lark_protocol::VerifiedEvent;
 
 /// What happened to an event that was accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,8 +134,8 @@ impl Pipeline {
             return Ok(Processed::Ignored);
         };
         let done = match out.class {
-            crate::event::EventClass::TicketCreated => Processed::Published,
-            crate::event::EventClass::Raw => Processed::Forwarded,
+            lark_protocol::event::EventClass::TicketCreated => Processed::Published,
+            lark_protocol::event::EventClass::Raw => Processed::Forwarded,
         };
         let backend = self.dedup.backend();
 

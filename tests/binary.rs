@@ -2,8 +2,6 @@
 //! sink, fed by `lark-bridge simulate` as a second process, stopped with SIGTERM. What an operator
 //! sees: CloudEvents on stdout, JSON logs on stderr without a secret, a clean exit.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -51,7 +49,7 @@ fn lines_of(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
 }
 
 fn validator() -> jsonschema::Validator {
-    common::schema_validator(
+    fake_lark::kit::schema_validator(
         "cloudevent.helpdesk.ticket.created.v1.json",
         "helpdesk.ticket.created.v1.json",
     )

@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use lark_bridge::config::{Config, ContentMode, SecretFiles};
-use lark_bridge::event::{nats_token_char, render_template, RouteVars};
-use lark_bridge::lark::VerifiedEvent;
+use lark_bridge::sink::route::{nats_token_char, render_template};
+use lark_protocol::event::RouteVars;
 use rdkafka::message::Headers;
 use serde_yaml_ng::Value;
 
@@ -20,10 +20,10 @@ fn asyncapi() -> Value {
         .unwrap()
 }
 
-fn seed_event() -> lark_bridge::event::Outgoing {
+fn seed_event() -> lark_protocol::event::Outgoing {
     let input = std::fs::read(root().join("tests/golden/seed.input.json")).unwrap();
-    let ev = VerifiedEvent::unverified_for_tests(&input).unwrap();
-    lark_bridge::normalize::ticket_created::normalize(&ev, 0, &mut Vec::new()).unwrap()
+    let ev = fake_lark::kit::plain_event(&input).unwrap();
+    lark_protocol::normalize::ticket_created::normalize(&ev, 0, &mut Vec::new()).unwrap()
 }
 
 fn header_schema(doc: &Value, name: &str) -> (BTreeSet<String>, BTreeSet<String>) {
@@ -151,5 +151,5 @@ fn payload_schemas_exist_and_carry_the_dataschema_urns() {
     let raw: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root().join("schemas/raw.v1.json")).unwrap())
             .unwrap();
-    assert_eq!(raw["$id"], lark_bridge::event::RAW_SCHEMA);
+    assert_eq!(raw["$id"], lark_protocol::event::RAW_SCHEMA);
 }

@@ -3,19 +3,17 @@
 //! (`with_redis::…` and `with_nats::…`), each test with its own server. Run `scripts/ensure-tools.sh` once
 //! first.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use fake_lark::kit::*;
+use fake_lark::sink::ChannelSink;
 use lark_bridge::config::Config;
 use lark_bridge::dedup::{DedupStore, Owner, Reservation, Settled};
-use lark_bridge::event::Outgoing;
 use lark_bridge::metrics::Metrics;
-use lark_bridge::sink::channel::ChannelSink;
 use lark_bridge::Components;
+use lark_protocol::event::Outgoing;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,12 +2,9 @@
 //! normalizes to exactly the JSON value of `NAME.normalized.json`, and every output (and every
 //! golden file) validates against the published JSON Schemas, which reject an extra field.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use lark_bridge::lark::VerifiedEvent;
-use lark_bridge::normalize::{raw, ticket_created};
+use lark_protocol::normalize::{raw, ticket_created};
 use serde_json::{json, Value};
 
 /// Stands in for the receive time; no golden input lacks Lark's own time.
@@ -60,7 +57,7 @@ struct Validators {
 }
 
 fn validators(main: &str, data: &str) -> Validators {
-    let structured = common::schema_validator(main, data);
+    let structured = fake_lark::kit::schema_validator(main, data);
     let data = jsonschema::options()
         .should_validate_formats(true)
         .build(&schema(data))
@@ -93,7 +90,7 @@ fn assert_valid(v: &jsonschema::Validator, instance: &Value, what: &str) {
 fn every_golden_input_normalizes_to_its_golden_output() {
     let v = ticket_validators();
     for (name, input, expected) in golden_pairs() {
-        let ev = VerifiedEvent::unverified_for_tests(&input)
+        let ev = fake_lark::kit::plain_event(&input)
             .unwrap_or_else(|e| panic!("{name}: input refused: {e}"));
         let mut warnings = Vec::new();
         let out = ticket_created::normalize(&ev, RECEIVED_MS, &mut warnings)
@@ -148,7 +145,7 @@ fn seed_golden_is_the_documented_example() {
 fn bad_timestamps_are_counted_as_warnings() {
     // non-numbers: `updated_at` is "soon" (a warning); `closed_at` is null (absent, no warning).
     let input = std::fs::read(root().join("tests/golden/non-numbers.input.json")).unwrap();
-    let ev = VerifiedEvent::unverified_for_tests(&input).unwrap();
+    let ev = fake_lark::kit::plain_event(&input).unwrap();
     let mut warnings = Vec::new();
     ticket_created::normalize(&ev, RECEIVED_MS, &mut warnings).unwrap();
     assert_eq!(warnings, vec!["updated_at"]);
@@ -158,7 +155,7 @@ fn bad_timestamps_are_counted_as_warnings() {
         "header": {"event_id": "e1", "event_type": "helpdesk.ticket.created_v1", "create_time": "later"},
         "event": {"ticket_id": "1", "helpdesk_id": "2", "created_at": "1616920429000"}
     });
-    let ev = VerifiedEvent::unverified_for_tests(&serde_json::to_vec(&input).unwrap()).unwrap();
+    let ev = fake_lark::kit::plain_event(&serde_json::to_vec(&input).unwrap()).unwrap();
     let mut warnings = Vec::new();
     let out = ticket_created::normalize(&ev, RECEIVED_MS, &mut warnings).unwrap();
     let got: Value = serde_json::from_slice(&out.structured).unwrap();
@@ -174,7 +171,7 @@ fn absent_create_time_falls_back_to_the_receive_time() {
         "header": {"event_id": "e1", "event_type": "helpdesk.ticket.created_v1"},
         "event": {"ticket_id": "1", "helpdesk_id": "2"}
     });
-    let ev = VerifiedEvent::unverified_for_tests(&serde_json::to_vec(&input).unwrap()).unwrap();
+    let ev = fake_lark::kit::plain_event(&serde_json::to_vec(&input).unwrap()).unwrap();
     let mut warnings = Vec::new();
     let out = ticket_created::normalize(&ev, RECEIVED_MS, &mut warnings).unwrap();
     let got: Value = serde_json::from_slice(&out.structured).unwrap();
@@ -230,7 +227,7 @@ fn schema_rejects_an_extra_field() {
 }
 
 fn raw_of(plaintext: &[u8]) -> Value {
-    let ev = VerifiedEvent::unverified_for_tests(plaintext).unwrap();
+    let ev = fake_lark::kit::plain_event(plaintext).unwrap();
     let mut warnings = Vec::new();
     let out = raw::normalize(&ev, RECEIVED_MS, &mut warnings).unwrap();
     let v: Value = serde_json::from_slice(&out.structured).unwrap();

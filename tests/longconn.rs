@@ -2,23 +2,21 @@
 //! publishes to a real nats-server and dedups in memory or a real Redis. Every timing is shrunk
 //! through the config, so the suite stays fast.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use async_trait::async_trait;
-use common::*;
+use fake_lark::kit::*;
+use fake_lark::longconn::{event_frames, ticket_payload, Behaviour, FakeLark, Handshake, Push};
 use lark_bridge::config::Config;
-use lark_bridge::event::Outgoing;
-use lark_bridge::fakelark::{event_frames, ticket_payload, Behaviour, FakeLark, Handshake, Push};
 use lark_bridge::metrics::Metrics;
 use lark_bridge::sink::{Ack, PublishError, Sink};
-use lark_bridge::source::endpoint::ClientConfig;
-use lark_bridge::source::frame::{Frame, Header};
 use lark_bridge::{Components, StartError};
+use lark_protocol::endpoint::ClientConfig;
+use lark_protocol::event::Outgoing;
+use lark_protocol::frame::{Frame, Header};
 use tokio::sync::oneshot;
 
 const WAIT: Duration = Duration::from_secs(15);

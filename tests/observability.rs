@@ -2,16 +2,14 @@
 //! outcome once and finds each in `/metrics` and in the JSON logs (without a secret), and a check
 //! that the dashboard and alert rules reference only metrics the bridge really exports.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
-use lark_bridge::lark::EncryptKey;
+use fake_lark::kit::*;
 use lark_bridge::simulate::{challenge_request, lark_request};
+use lark_protocol::EncryptKey;
 use serde_json::{json, Value};
 
 /// The outcomes the first test drives, once each (`forwarded` needs its own bridge).
@@ -412,7 +410,7 @@ fn referenced_metrics(text: &str) -> std::collections::BTreeSet<String> {
 
 #[tokio::test]
 async fn dashboard_and_alerts_reference_only_exported_metrics() {
-    let (sink, _rx) = lark_bridge::sink::channel::ChannelSink::new();
+    let (sink, _rx) = fake_lark::sink::ChannelSink::new();
     let dedup = lark_bridge::dedup::memory::MemoryStore::new(10);
     let metrics = Arc::new(lark_bridge::metrics::Metrics::new("nats", "redis"));
     let bridge = Bridge::start(

@@ -7,22 +7,20 @@
 //! Each request goes over its own connection, opened before the burst, so the times measured are
 //! the bridge's and not the TCP handshakes'.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{config, metric, ticket_with_id, Bridge};
+use fake_lark::kit::{config, metric, ticket_with_id, Bridge};
+use fake_lark::sink::ChannelSink;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use lark_bridge::dedup::memory::MemoryStore;
-use lark_bridge::event::Outgoing;
 use lark_bridge::metrics::Metrics;
 use lark_bridge::simulate::LarkRequest;
-use lark_bridge::sink::channel::ChannelSink;
 use lark_bridge::Components;
+use lark_protocol::event::Outgoing;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 

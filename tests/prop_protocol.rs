@@ -3,16 +3,14 @@
 //! normalized-schema.md say. Most cases drive `Verifier::verify` directly (microseconds each);
 //! a few go through the HTTP entrance of an in-process bridge to tie the two together.
 
-mod common;
-
 use std::sync::{Arc, OnceLock};
 
 use base64::Engine;
-use lark_bridge::lark::crypto::{self, DecryptError};
-use lark_bridge::lark::{
+use lark_protocol::crypto::{self, DecryptError};
+use lark_protocol::normalize::{raw, ticket_created, NormalizeError};
+use lark_protocol::{
     signature, EncryptKey, FailReason, Inbound, Rejection, SignatureHeaders, Verifier,
 };
-use lark_bridge::normalize::{raw, ticket_created, NormalizeError};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
@@ -294,11 +292,11 @@ struct Schemas {
 fn schemas() -> &'static Schemas {
     static S: OnceLock<Schemas> = OnceLock::new();
     S.get_or_init(|| Schemas {
-        ticket: common::schema_validator(
+        ticket: fake_lark::kit::schema_validator(
             "cloudevent.helpdesk.ticket.created.v1.json",
             "helpdesk.ticket.created.v1.json",
         ),
-        raw: common::schema_validator("cloudevent.raw.v1.json", "raw.v1.json"),
+        raw: fake_lark::kit::schema_validator("cloudevent.raw.v1.json", "raw.v1.json"),
     })
 }
 
@@ -458,7 +456,7 @@ proptest! {
         body in event_object().prop_flat_map(envelope_around),
     ) {
         let plain = serde_json::to_vec(&body).unwrap();
-        let ev = lark_bridge::lark::VerifiedEvent::unverified_for_tests(&plain)
+        let ev = fake_lark::kit::plain_event(&plain)
             .expect("a well-formed envelope is accepted");
         let event = body.get("event").unwrap();
         let mut warnings = Vec::new();
@@ -487,8 +485,8 @@ proptest! {
 struct Http {
     rt: tokio::runtime::Runtime,
     url: String,
-    _bridge: common::Bridge,
-    _rx: std::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<lark_bridge::event::Outgoing>>,
+    _bridge: fake_lark::kit::Bridge,
+    _rx: std::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<lark_protocol::event::Outgoing>>,
     client: reqwest::Client,
 }
 
@@ -501,17 +499,17 @@ fn http() -> &'static Http {
             .build()
             .unwrap();
         let (bridge, rx) = rt.block_on(async {
-            let (sink, rx) = lark_bridge::sink::channel::ChannelSink::new();
+            let (sink, rx) = fake_lark::sink::ChannelSink::new();
             let components = lark_bridge::Components {
                 sink,
                 dedup: lark_bridge::dedup::memory::MemoryStore::new(10_000),
                 metrics: Arc::new(lark_bridge::metrics::Metrics::new("channel", "memory")),
             };
-            let cfg = common::config(&[
+            let cfg = fake_lark::kit::config(&[
                 ("lark.encrypt_key", "test key"),
                 ("lark.verification_token", TOKEN),
             ]);
-            (common::Bridge::start(cfg, components).await, rx)
+            (fake_lark::kit::Bridge::start(cfg, components).await, rx)
         });
         Http {
             url: bridge.url.clone(),

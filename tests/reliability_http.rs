@@ -2,19 +2,17 @@
 //! runs in-process on port 0 (channel sink, memory store) and raw `TcpStream`s play the client,
 //! so every byte and every pause is under the test's control.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{config, metric, ticket_with_id, Bridge, KEY, TOKEN};
+use fake_lark::kit::{config, metric, ticket_with_id, Bridge, KEY, TOKEN};
+use fake_lark::sink::ChannelSink;
 use lark_bridge::dedup::memory::MemoryStore;
-use lark_bridge::event::Outgoing;
-use lark_bridge::lark::{signature, EncryptKey};
 use lark_bridge::metrics::Metrics;
 use lark_bridge::simulate::{lark_request, ticket_event, LarkRequest};
-use lark_bridge::sink::channel::ChannelSink;
 use lark_bridge::Components;
+use lark_protocol::event::Outgoing;
+use lark_protocol::{signature, EncryptKey};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -200,7 +198,7 @@ async fn a_slow_loris_head_is_dropped_at_the_read_timeout_while_others_are_serve
     });
     // Meanwhile another client is served, while the loris connection is still open.
     let ok = ticket_with_id("ev_meanwhile", "hd");
-    let (status, _) = common::post(&t.bridge.url, &ok).await;
+    let (status, _) = fake_lark::kit::post(&t.bridge.url, &ok).await;
     assert_eq!(status, 200);
     let mut chunk = [0u8; 256];
     let open = tokio::time::timeout(Duration::ZERO, loris_rd.read(&mut chunk)).await;
@@ -320,7 +318,7 @@ async fn a_head_over_max_header_bytes_is_431_json_and_a_huge_one_is_431_too() {
     );
     assert!(t.published().is_empty());
     // And it still serves.
-    let (status, _) = common::post(&t.bridge.url, &ticket_with_id("ev_fine", "hd")).await;
+    let (status, _) = fake_lark::kit::post(&t.bridge.url, &ticket_with_id("ev_fine", "hd")).await;
     assert_eq!(status, 200);
 }
 
@@ -388,7 +386,7 @@ async fn skew_check_accepts_inside_the_window_and_refuses_outside_over_http() {
         ("ev_fraction", format!("{}.5", now - 10)),
     ];
     for (id, ts) in &inside {
-        let (status, body) = common::post(&t.bridge.url, &push_at(id, ts)).await;
+        let (status, body) = fake_lark::kit::post(&t.bridge.url, &push_at(id, ts)).await;
         assert_eq!(
             (status, &body["msg"]),
             (200, &Value::from("success")),
@@ -406,7 +404,7 @@ async fn skew_check_accepts_inside_the_window_and_refuses_outside_over_http() {
         ("ev_huge", "99999999999999999999".to_string()),
     ];
     for (id, ts) in &outside {
-        let (status, body) = common::post(&t.bridge.url, &push_at(id, ts)).await;
+        let (status, body) = fake_lark::kit::post(&t.bridge.url, &push_at(id, ts)).await;
         assert_eq!(
             (status, &body["msg"]),
             (
@@ -438,7 +436,7 @@ async fn skew_check_accepts_inside_the_window_and_refuses_outside_over_http() {
             *v = "0".repeat(64);
         }
     }
-    let (status, body) = common::post(&t.bridge.url, &forged).await;
+    let (status, body) = fake_lark::kit::post(&t.bridge.url, &forged).await;
     assert_eq!(
         (status, body["msg"].as_str()),
         (401, Some("signature does not match"))
@@ -448,7 +446,8 @@ async fn skew_check_accepts_inside_the_window_and_refuses_outside_over_http() {
 #[tokio::test]
 async fn with_the_skew_check_off_an_old_but_genuine_push_is_accepted_over_http() {
     let mut t = start(&[]).await;
-    let (status, _) = common::post(&t.bridge.url, &push_at("ev_old_ok", "1608725989")).await;
+    let (status, _) =
+        fake_lark::kit::post(&t.bridge.url, &push_at("ev_old_ok", "1608725989")).await;
     assert_eq!(status, 200);
     assert_eq!(t.published(), vec!["ev_old_ok".to_string()]);
 }

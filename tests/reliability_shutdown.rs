@@ -5,15 +5,13 @@
 //! broker is back, or 503), the process must exit 0 within `server.shutdown_grace_secs`, and
 //! every event answered 200 must be in the stream exactly once.
 
-mod common;
-
 use std::collections::HashSet;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{metric, start_nats, ticket, KEY, TOKEN};
+use fake_lark::kit::{metric, start_nats, ticket, KEY, TOKEN};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 

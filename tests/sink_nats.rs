@@ -1,12 +1,10 @@
 //! The NATS sink against a real nats-server (JetStream): what reaches the stream, with which
 //! subject and headers, and that Lark gets 200 only after the PubAck.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use common::*;
+use fake_lark::kit::*;
 
 async fn stream_messages(
     url: &str,
@@ -57,10 +55,11 @@ async fn events_reach_jetstream_with_subject_headers_and_body() {
         );
         let h = &m.headers;
         assert_eq!(h.get("Nats-Msg-Id").unwrap().as_str(), id);
-        assert_eq!(h.get("ce-id").unwrap().as_str(), id);
-        assert_eq!(
-            h.get("ce-type").unwrap().as_str(),
-            "com.larksuite.helpdesk.ticket.created.v1"
+        // Structured mode: no `ce-` header at all (normalized-schema.md §3).
+        assert!(
+            h.iter()
+                .all(|(k, _)| !k.to_string().to_ascii_lowercase().starts_with("ce-")),
+            "structured mode must carry no ce- header: {h:?}"
         );
         assert_eq!(
             h.get("Content-Type").unwrap().as_str(),

@@ -3,20 +3,18 @@
 //! test asserts what a user can see: the status, the JSON body, what reached the sink and the
 //! metric that moved (lark-protocol.md §6, normalized-schema.md, decisions.md).
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{config, metric, ticket_with_id, Bridge, KEY, TOKEN};
+use fake_lark::kit::{config, metric, ticket_with_id, Bridge, KEY, TOKEN};
+use fake_lark::sink::ChannelSink;
 use lark_bridge::dedup::memory::MemoryStore;
-use lark_bridge::event::Outgoing;
-use lark_bridge::lark::{crypto, signature, EncryptKey};
 use lark_bridge::metrics::Metrics;
 use lark_bridge::simulate::{challenge_request, lark_request, ticket_event, LarkRequest};
-use lark_bridge::sink::channel::ChannelSink;
 use lark_bridge::Components;
+use lark_protocol::event::Outgoing;
+use lark_protocol::{crypto, signature, EncryptKey};
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 

@@ -11,7 +11,7 @@
 #![no_main]
 
 use base64::Engine;
-use lark_bridge::lark::crypto::{self, DecryptError, EncryptKey};
+use lark_protocol::crypto::{self, DecryptError, EncryptKey};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -7,7 +7,7 @@
 //! in lower and upper case, and never under another key.
 #![no_main]
 
-use lark_bridge::lark::{signature, EncryptKey};
+use lark_protocol::{signature, EncryptKey};
 use libfuzzer_sys::fuzz_target;
 use sha2::{Digest, Sha256};
 

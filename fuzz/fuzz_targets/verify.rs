@@ -12,7 +12,7 @@
 //! request whose signature was not computed with a configured key never yields anything.
 #![no_main]
 
-use lark_bridge::lark::{
+use lark_protocol::{
     crypto, signature, EncryptKey, Inbound, Rejection, SignatureHeaders, Verifier,
 };
 use libfuzzer_sys::fuzz_target;

@@ -1,6 +1,6 @@
 //! The webhook entrance: an axum handler that applies the HTTP-level checks of
 //! lark-protocol.md §6 (overload, method, size, read timeout), hands the raw body to
-//! [`crate::lark::Verifier`], and the verified event to the [`Pipeline`]. Every answer is JSON.
+//! [`lark_protocol::Verifier`], and the verified event to the [`Pipeline`]. Every answer is JSON.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,9 +16,9 @@ use http_body_util::BodyExt;
 use serde_json::json;
 use tracing::Instrument;
 
-use crate::lark::{Inbound, Rejection, SignatureHeaders, Verifier};
 use crate::metrics::{Metrics, Outcome, Source};
 use crate::pipeline::{detached, Pipeline, PipelineError, Processed};
+use lark_protocol::{Inbound, Rejection, SignatureHeaders, Verifier};
 
 /// What the webhook handler needs.
 pub struct IngressState {

@@ -15,12 +15,10 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
+use super::route::{kafka_topic_char, render_template};
 use super::{Ack, PublishError, Sink};
 use crate::config::{ContentMode, KafkaSinkConfig};
-use crate::event::{
-    kafka_topic_char, render_template, EventClass, Outgoing, DATA_CONTENT_TYPE,
-    STRUCTURED_CONTENT_TYPE,
-};
+use lark_protocol::event::{EventClass, Outgoing, DATA_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE};
 
 /// The one place the librdkafka configuration is built: our defaults, then the user's
 /// `sink.kafka.properties` (already merged with `properties_file`) on top.
@@ -55,17 +53,11 @@ pub fn headers(ev: &Outgoing, mode: ContentMode) -> OwnedHeaders {
     let h = OwnedHeaders::new();
     match mode {
         ContentMode::Structured => h
+            // No `ce_` header here: the CloudEvents SDKs take any `ce_` header as binary mode
+            // (normalized-schema.md §3).
             .insert(Header {
                 key: "content-type",
                 value: Some(STRUCTURED_CONTENT_TYPE),
-            })
-            .insert(Header {
-                key: "ce_id",
-                value: Some(ev.attrs.id.as_str()),
-            })
-            .insert(Header {
-                key: "ce_type",
-                value: Some(ev.attrs.ty),
             }),
         ContentMode::Binary => {
             let mut h = h.insert(Header {

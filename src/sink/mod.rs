@@ -2,14 +2,14 @@
 //! holds the event (a JetStream PubAck, a Kafka delivery report, a flushed stdout line), because
 //! the HTTP answer waits for it.
 
-pub mod channel;
 pub mod kafka;
 pub mod nats;
+pub mod route;
 pub mod stdout;
 
 use async_trait::async_trait;
 
-use crate::event::Outgoing;
+use lark_protocol::event::Outgoing;
 
 /// How a publish failed; callers match on the kind, never on the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

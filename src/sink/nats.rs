@@ -14,12 +14,10 @@ use async_nats::jetstream;
 use async_nats::HeaderMap;
 use async_trait::async_trait;
 
+use super::route::{nats_token_char, render_template};
 use super::{Ack, PublishError, Sink};
 use crate::config::{ContentMode, NatsSinkConfig};
-use crate::event::{
-    nats_token_char, render_template, EventClass, Outgoing, DATA_CONTENT_TYPE,
-    STRUCTURED_CONTENT_TYPE,
-};
+use lark_protocol::event::{EventClass, Outgoing, DATA_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE};
 
 pub struct NatsSink {
     client: async_nats::Client,
@@ -51,9 +49,8 @@ pub fn headers(ev: &Outgoing, mode: ContentMode) -> HeaderMap {
     h.insert("Nats-Msg-Id", ev.attrs.id.as_str());
     match mode {
         ContentMode::Structured => {
+            // No `ce-` header: the CloudEvents SDKs would take the message for binary mode.
             h.insert("Content-Type", STRUCTURED_CONTENT_TYPE);
-            h.insert("ce-id", percent_encode(&ev.attrs.id).as_str());
-            h.insert("ce-type", ev.attrs.ty);
         }
         ContentMode::Binary => {
             h.insert("Content-Type", DATA_CONTENT_TYPE);

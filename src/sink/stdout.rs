@@ -6,7 +6,7 @@ use std::io::Write;
 use async_trait::async_trait;
 
 use super::{Ack, PublishError, Sink};
-use crate::event::Outgoing;
+use lark_protocol::event::Outgoing;
 
 #[derive(Debug, Default)]
 pub struct StdoutSink {

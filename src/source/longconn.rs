@@ -16,18 +16,18 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::endpoint::{
-    classify_handshake, discovery_body, parse_discovery, redact_url, ClientConfig, ConnectError,
-    Endpoint, RetryReason, Settings,
-};
-use super::fragments::{Added, Reassembler};
-use super::frame::{Frame, FrameType, METHOD_CONTROL, METHOD_DATA};
 use crate::config::{Config, LongConnConfig, Secret};
 use crate::health::Health;
-use crate::lark::{FailReason, VerifiedEvent};
 use crate::metrics::{Metrics, Outcome, Source};
 use crate::pipeline::{Pipeline, PipelineError, Processed};
 use crate::StartError;
+use lark_protocol::endpoint::{
+    classify_handshake, discovery_body, parse_discovery, redact_url, ClientConfig, ConnectError,
+    Endpoint, RetryReason, Settings,
+};
+use lark_protocol::fragments::{Added, Reassembler};
+use lark_protocol::frame::{Frame, FrameType, METHOD_CONTROL, METHOD_DATA};
+use lark_protocol::{FailReason, VerifiedEvent};
 
 /// Bound on one discovery request and on one WebSocket dial: a hung attempt must turn into a
 /// retry, not a silent stall. Well above Lark's normal answer times.
@@ -169,7 +169,13 @@ impl LongConn {
     }
 
     async fn run_until(&self, stop: &CancellationToken) -> Result<(), StartError> {
-        let mut settings = Settings::from_config(&self.opts.timings);
+        let t = &self.opts.timings;
+        let mut settings = Settings {
+            reconnect_count: t.reconnect_count,
+            reconnect_interval: Duration::from_secs(t.reconnect_interval_secs),
+            reconnect_nonce: Duration::from_secs(t.reconnect_nonce_secs),
+            ping_interval: Duration::from_secs(t.ping_interval_secs),
+        };
         let mut ever_connected = false;
         loop {
             let attempt = self

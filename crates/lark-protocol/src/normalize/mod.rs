@@ -5,7 +5,7 @@ pub mod raw;
 pub mod ticket_created;
 
 use crate::event::Attributes;
-use crate::lark::{time, VerifiedEvent};
+use crate::{time, VerifiedEvent};
 
 /// Lark's event type handled by [`ticket_created`].
 pub const TICKET_CREATED: &str = "helpdesk.ticket.created_v1";

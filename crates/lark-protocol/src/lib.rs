@@ -1,9 +1,22 @@
-//! Lark's push protocol, pure: no I/O. [`Verifier::verify`] takes the raw body and the three
-//! signature headers and is the only way to obtain an [`Inbound`] event, so nothing downstream
-//! can touch a request that has not passed every check of lark-protocol.md §6.
+//! Lark's (Feishu's) protocols and the events lark-bridge publishes, pure: no I/O, no async
+//! runtime, no sockets — the crate another Rust service or a consumer can depend on.
+//!
+//! - The push protocol (lark-protocol.md): [`Verifier::verify`] takes the raw body and the three
+//!   signature headers and is the only way to obtain an [`Inbound`] event, so nothing downstream
+//!   can touch a request that has not passed every check of §6. [`crypto`] and [`signature`]
+//!   also hold Lark's side (encrypt, sign), for tools that play Lark.
+//! - The long connection (lark-longconn.md): [`endpoint`] (discovery and handshake answers),
+//!   [`frame`] (the protobuf frame) and [`fragments`] (reassembly of split payloads).
+//! - [`normalize`]: a verified Lark event → the CloudEvent v1 of normalized-schema.md, and
+//!   [`event`]: that CloudEvent as published (attributes, serialized bodies, routing values).
 
 pub mod crypto;
+pub mod endpoint;
 pub mod envelope;
+pub mod event;
+pub mod fragments;
+pub mod frame;
+pub mod normalize;
 pub mod signature;
 pub mod time;
 
@@ -143,17 +156,6 @@ impl VerifiedEvent {
             }
         }
     }
-
-    /// Build an event from a plaintext body without any check: for benchmarks and tests of the
-    /// layers below verification. Never used on a request path.
-    #[doc(hidden)]
-    pub fn unverified_for_tests(plaintext: &[u8]) -> Result<VerifiedEvent, Rejection> {
-        match envelope::detect(parse_object(plaintext)?)? {
-            Form::Event(p) => Ok(VerifiedEvent(*p)),
-            Form::BadEvent { rejection, .. } => Err(rejection),
-            Form::Challenge { .. } => Err(Rejection::bad_request("challenge")),
-        }
-    }
 }
 
 /// The three signature headers, as received.
@@ -202,10 +204,6 @@ impl Verifier {
             tokens,
             max_skew_secs,
         }
-    }
-
-    pub fn has_keys(&self) -> bool {
-        !self.keys.is_empty()
     }
 
     /// Run the checks of lark-protocol.md §6, steps 2–8, in order. `now_secs` is the current

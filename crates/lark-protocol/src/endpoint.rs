@@ -1,13 +1,11 @@
 //! Endpoint discovery and handshake outcomes (lark-longconn.md §2, §3, §6), pure: what Lark's
 //! answers mean — dial, retry, or stop — and the four settings Lark may change at any time.
-//! The I/O lives in `longconn.rs`; everything that decides lives here so it is tested without
+//! The I/O lives in the service's long-connection entrance; everything that decides lives here so it is tested without
 //! sockets.
 
 use std::time::Duration;
 
 use serde::Deserialize;
-
-use crate::config::LongConnConfig;
 
 /// Discovery `code`: Lark is busy (server error, retry).
 pub const CODE_BUSY: i64 = 1;
@@ -29,15 +27,6 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_config(c: &LongConnConfig) -> Settings {
-        Settings {
-            reconnect_count: c.reconnect_count,
-            reconnect_interval: Duration::from_secs(c.reconnect_interval_secs),
-            reconnect_nonce: Duration::from_secs(c.reconnect_nonce_secs),
-            ping_interval: Duration::from_secs(c.ping_interval_secs),
-        }
-    }
-
     /// Take Lark's values. A field Lark leaves out keeps its current value (rather than the
     /// Go SDK's zero), and a ping interval that is not positive is ignored: pinging in a
     /// tight loop would help nobody.
@@ -439,7 +428,12 @@ mod tests {
 
     #[test]
     fn client_config_replaces_present_settings_only() {
-        let mut s = Settings::from_config(&LongConnConfig::default());
+        let mut s = Settings {
+            reconnect_count: -1,
+            reconnect_interval: Duration::from_secs(120),
+            reconnect_nonce: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(120),
+        };
         assert_eq!(s.ping_interval, Duration::from_secs(120));
         assert_eq!(s.pong_timeout(0), Duration::from_secs(360));
         let cc = ClientConfig::from_pong(br#"{"PingInterval":2,"ReconnectCount":3}"#).unwrap();

@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use super::{base_attributes, NormalizeError, Warnings};
 use crate::event::{EventClass, Outgoing, RouteVars, RAW_SCHEMA, RAW_TYPE};
-use crate::lark::VerifiedEvent;
+use crate::VerifiedEvent;
 
 #[derive(Serialize)]
 struct RawData<'a> {

@@ -1,6 +1,5 @@
 //! Test harness: real brokers and stores started on free loopback ports (killed on drop), the
 //! bridge started in-process on port 0, and Lark's side played with real encryption/signatures.
-#![allow(dead_code)]
 
 use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
@@ -9,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lark_bridge::config::{Config, SecretFiles};
-use lark_bridge::lark::EncryptKey;
 use lark_bridge::simulate::{lark_request, ticket_event, LarkRequest};
 use lark_bridge::Components;
+use lark_protocol::crypto::EncryptKey;
 use tokio::sync::oneshot;
 
 pub const KEY: &str = "test key";
@@ -33,11 +32,15 @@ pub fn cache_bin(name: &str) -> PathBuf {
             PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/lark-bridge")
         });
     let p = cache.join("bin").join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/ensure-tools.sh",
-        p.display()
-    );
+    if !p.exists() {
+        panic!(
+            "{name} is not installed ({} is missing). The broker tests start their own {name}: \
+             run `bash scripts/ensure-tools.sh` once (it installs nats-server, tansu and \
+             redis-server into {}), or run the whole suite with `scripts/test.sh`.",
+            p.display(),
+            cache.display()
+        );
+    }
     p
 }
 
@@ -381,27 +384,49 @@ pub async fn post(url: &str, r: &LarkRequest) -> (u16, serde_json::Value) {
     (status, body)
 }
 
-/// A schema from `schemas/`.
-pub fn read_schema(name: &str) -> serde_json::Value {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("schemas")
-        .join(name);
-    serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+/// The workspace root (where `schemas/`, `tests/fixtures/` and `scripts/` live).
+pub fn repo_root() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The structured-event schema `main`, with the data schema `data` registered by its `$id`
-/// (the way the published schemas reference each other), formats checked.
+/// A schema from `schemas/`.
+pub fn read_schema(name: &str) -> serde_json::Value {
+    let p = repo_root().join("schemas").join(name);
+    let text =
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", p.display()))
+}
+
+/// The structured-event schema `main` as a consumer loads it from the files: its `$ref` to the
+/// data schema `data` is a relative file reference (`./<data>`), resolved against `main`'s own
+/// location; formats checked.
 pub fn schema_validator(main: &str, data: &str) -> jsonschema::Validator {
-    let data = read_schema(data);
-    let id = data["$id"].as_str().unwrap().to_string();
+    let dir = repo_root()
+        .join("schemas")
+        .canonicalize()
+        .expect("schemas/ exists");
+    let uri = |name: &str| format!("file://{}/{name}", dir.display());
     let registry = jsonschema::Registry::new()
-        .add(&id, data)
+        .add(uri(data), read_schema(data))
         .unwrap()
         .prepare()
         .unwrap();
     jsonschema::options()
         .should_validate_formats(true)
+        .with_base_uri(uri(main))
         .with_registry(&registry)
         .build(&read_schema(main))
         .expect("schema compiles")
+}
+
+/// A plaintext body as the event a bridge with neither key nor token accepts (the
+/// `allow_unverified` path): for tests of the layers below verification, through the one
+/// constructor of `VerifiedEvent` there is.
+pub fn plain_event(body: &[u8]) -> Result<lark_protocol::VerifiedEvent, String> {
+    let open = lark_protocol::Verifier::new(Vec::new(), Vec::new(), 0);
+    match open.verify(lark_protocol::SignatureHeaders::default(), body, 0) {
+        Ok(lark_protocol::Inbound::Event(ev)) => Ok(ev),
+        Ok(lark_protocol::Inbound::Challenge(_)) => Err("a URL verification, not an event".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }

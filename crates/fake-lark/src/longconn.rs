@@ -1,5 +1,5 @@
 //! A small fake of Lark's long-connection side, for the tests and for trying
-//! `source.kind = "long_connection"` without a Lark account (`lark-bridge fake-lark`): endpoint
+//! `source.kind = "long_connection"` without a Lark account (the `fake-lark` binary): endpoint
 //! discovery (`POST /callback/ws/endpoint`, with a configurable answer code) and the WebSocket
 //! (`GET /ws/v2`, which can refuse the handshake as Lark does). It delivers events whole or in
 //! fragments to one connected client at a time (round robin; Lark picks at random), redelivers
@@ -24,8 +24,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::source::endpoint::ClientConfig;
-use crate::source::frame::{reply_code, Frame, FrameType, Header, METHOD_CONTROL, METHOD_DATA};
+use lark_protocol::endpoint::ClientConfig;
+use lark_protocol::frame::{reply_code, Frame, FrameType, Header, METHOD_CONTROL, METHOD_DATA};
 
 /// How the fake answers a WebSocket handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -428,7 +428,7 @@ pub fn event_frames(
 /// A `helpdesk.ticket.created_v1` event as the long connection carries it: plain JSON with an
 /// empty token.
 pub fn ticket_payload(event_id: &str, helpdesk_id: &str) -> Vec<u8> {
-    let ev = crate::simulate::ticket_event(event_id, helpdesk_id, Some(""), false);
+    let ev = lark_bridge::simulate::ticket_event(event_id, helpdesk_id, Some(""), false);
     serde_json::to_vec(&ev).unwrap_or_default()
 }
 
@@ -701,7 +701,7 @@ fn on_client_frame(
     s.bump();
 }
 
-/// `lark-bridge fake-lark`: play Lark's long-connection side locally.
+/// `fake-lark`: play Lark's long-connection side locally.
 #[derive(Debug, Clone, clap::Args)]
 pub struct FakeLarkArgs {
     /// Address to listen on; point the bridge's `lark.domain` at `http://` this.
@@ -734,9 +734,19 @@ pub struct FakeLarkArgs {
     /// `Handshake-Autherrcode` of a refused handshake (1000040350 = connection limit).
     #[arg(long)]
     pub autherrcode: Option<i64>,
-    /// PingInterval (s) to hand the client in the discovery answer.
-    #[arg(long)]
-    pub ping_interval: Option<i64>,
+    /// PingInterval (s) in the discovery answer's ClientConfig.
+    #[arg(long, default_value_t = 120)]
+    pub ping_interval: i64,
+    /// ReconnectInterval (s) in the discovery answer's ClientConfig (Lark's is minutes; a
+    /// short one suits a demo).
+    #[arg(long, default_value_t = 3)]
+    pub reconnect_interval: i64,
+    /// ReconnectNonce (s): the jitter before the first reconnect.
+    #[arg(long, default_value_t = 1)]
+    pub reconnect_nonce: i64,
+    /// ReconnectCount: reconnect attempts after a failure (-1 = forever).
+    #[arg(long, default_value_t = -1)]
+    pub reconnect_count: i64,
 }
 
 /// Run the fake until `shutdown`: deliver `--count` events to the first bridge that connects
@@ -751,9 +761,13 @@ pub async fn run_cli(
     let behaviour = Behaviour {
         discovery_code: args.discovery_code,
         discovery_msg: args.discovery_msg.clone(),
-        client_config: args.ping_interval.map(|p| ClientConfig {
-            ping_interval: Some(p),
-            ..Default::default()
+        // All four fields, as Lark sends them: the official SDKs copy the whole object and
+        // compare each field on their next reconnect (a missing one crashed lark-oapi).
+        client_config: Some(ClientConfig {
+            reconnect_count: Some(args.reconnect_count),
+            reconnect_interval: Some(args.reconnect_interval),
+            reconnect_nonce: Some(args.reconnect_nonce),
+            ping_interval: Some(args.ping_interval),
         }),
         handshake: match args.refuse_handshake {
             Some(status) => Handshake::Refuse {

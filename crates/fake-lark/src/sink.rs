@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use super::{Ack, PublishError, Sink};
-use crate::event::Outgoing;
+use lark_bridge::sink::{Ack, PublishError, Sink};
+use lark_protocol::event::Outgoing;
 
 #[derive(Debug)]
 pub struct ChannelSink {

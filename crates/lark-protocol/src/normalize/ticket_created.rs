@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use super::{base_attributes, NormalizeError, Warnings};
 use crate::event::{EventClass, Outgoing, RouteVars, TICKET_CREATED_SCHEMA, TICKET_CREATED_TYPE};
-use crate::lark::{time, VerifiedEvent};
+use crate::{time, VerifiedEvent};
 
 /// The `data` object, v1.
 #[derive(Debug, Serialize, PartialEq)]
