@@ -94,6 +94,14 @@ fn nats_headers_match_the_declared_headers_in_both_modes() {
     ] {
         let h = lark_bridge::sink::nats::headers(&ev, mode);
         let sent: BTreeSet<String> = h.iter().map(|(k, _)| k.to_string()).collect();
+        if mode == ContentMode::Structured {
+            // A `ce-` header makes CloudEvents readers take the message as binary mode.
+            assert_eq!(
+                sent,
+                BTreeSet::from(["Nats-Msg-Id".to_string(), "Content-Type".to_string()]),
+                "structured mode carries Nats-Msg-Id and Content-Type only"
+            );
+        }
         let (required, props) = header_schema(&doc, schema);
         assert!(
             required.is_subset(&sent),
@@ -116,6 +124,14 @@ fn kafka_headers_match_the_declared_headers_in_both_modes() {
     ] {
         let h = lark_bridge::sink::kafka::headers(&ev, mode);
         let sent: BTreeSet<String> = h.iter().map(|x| x.key.to_string()).collect();
+        if mode == ContentMode::Structured {
+            // A `ce_` header makes the CloudEvents SDKs' from_kafka read the record as binary.
+            assert_eq!(
+                sent,
+                BTreeSet::from(["content-type".to_string()]),
+                "structured mode carries content-type only"
+            );
+        }
         let (required, props) = header_schema(&doc, schema);
         assert!(
             required.is_subset(&sent),
@@ -152,4 +168,34 @@ fn payload_schemas_exist_and_carry_the_dataschema_urns() {
         serde_json::from_str(&std::fs::read_to_string(root().join("schemas/raw.v1.json")).unwrap())
             .unwrap();
     assert_eq!(raw["$id"], lark_protocol::event::RAW_SCHEMA);
+}
+
+/// The envelope schemas reference their data schema by relative file name (what the AsyncAPI
+/// tooling resolves, not the `$id` URN), and that file is the one whose `$id` the events name as
+/// `dataschema`.
+#[test]
+fn envelope_schemas_reference_their_data_schema_by_file() {
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(root().join("schemas").join(name)).unwrap())
+            .unwrap()
+    };
+    for (envelope, data) in [
+        (
+            "cloudevent.helpdesk.ticket.created.v1.json",
+            "helpdesk.ticket.created.v1.json",
+        ),
+        ("cloudevent.raw.v1.json", "raw.v1.json"),
+    ] {
+        let env = read(envelope);
+        assert_eq!(
+            env["properties"]["data"]["$ref"],
+            format!("./{data}"),
+            "{envelope}: data must $ref ./{data}"
+        );
+        assert_eq!(
+            env["properties"]["dataschema"]["const"],
+            read(data)["$id"],
+            "{envelope}: dataschema is not the $id of {data}"
+        );
+    }
 }
