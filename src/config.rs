@@ -295,6 +295,17 @@ pub enum SinkKind {
     Kafka,
 }
 
+impl SinkKind {
+    /// The `sink` label of the metrics (what the sink's `name()` returns).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkKind::Stdout => "stdout",
+            SinkKind::Nats => "nats",
+            SinkKind::Kafka => "kafka",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ContentMode {
@@ -493,6 +504,17 @@ pub enum DedupBackend {
     Memory,
     Redis,
     Nats,
+}
+
+impl DedupBackend {
+    /// The `backend` label of the metrics (what the store's `backend()` returns).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DedupBackend::Memory => "memory",
+            DedupBackend::Redis => "redis",
+            DedupBackend::Nats => "nats",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]

@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod dedup;
+pub mod entrance;
 pub mod health;
 pub mod http;
 pub mod logging;
@@ -23,10 +24,8 @@ pub mod natsconn;
 pub mod pipeline;
 pub mod simulate;
 pub mod sink;
-pub mod source;
 
 use std::future::Future;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,10 +94,16 @@ pub async fn build_sink(cfg: &Config) -> Result<Arc<dyn Sink>, StartError> {
 }
 
 /// Connect the configured dedup store.
-pub async fn build_dedup(cfg: &Config) -> Result<Arc<dyn DedupStore>, StartError> {
+pub async fn build_dedup(
+    cfg: &Config,
+    metrics: &Metrics,
+) -> Result<Arc<dyn DedupStore>, StartError> {
     match cfg.dedup.backend {
         DedupBackend::Memory => {
-            let store = dedup::memory::MemoryStore::new(cfg.dedup.memory.capacity);
+            let store = dedup::memory::MemoryStore::with_evictions(
+                cfg.dedup.memory.capacity,
+                metrics.evictions_counter(),
+            );
             store.spawn_purge(Duration::from_secs(10));
             Ok(store)
         }
@@ -119,16 +124,29 @@ pub struct Components {
 }
 
 impl Components {
-    /// Connect everything the config names.
+    /// Connect everything the config names. The metrics come first, from the configured names,
+    /// so that each component can take its handles at construction.
     pub async fn from_config(cfg: &Config) -> Result<Components, StartError> {
+        let metrics = Arc::new(Metrics::new(
+            metrics_source(cfg.source.kind),
+            cfg.sink.kind.as_str(),
+            cfg.dedup.backend.as_str(),
+        ));
         let sink = build_sink(cfg).await?;
-        let dedup = build_dedup(cfg).await?;
-        let metrics = Arc::new(Metrics::new(sink.name(), dedup.backend()));
+        let dedup = build_dedup(cfg, &metrics).await?;
         Ok(Components {
             sink,
             dedup,
             metrics,
         })
+    }
+}
+
+/// The metrics' `source` for the configured entrance.
+pub fn metrics_source(kind: SourceKind) -> metrics::Source {
+    match kind {
+        SourceKind::Webhook => metrics::Source::Webhook,
+        SourceKind::LongConnection => metrics::Source::LongConnection,
     }
 }
 
@@ -159,18 +177,17 @@ pub fn webhook_router(
     pipeline: Arc<Pipeline>,
     metrics: Arc<Metrics>,
 ) -> Result<axum::Router, StartError> {
-    let state = Arc::new(http::ingress::IngressState {
+    let state = Arc::new(entrance::webhook::IngressState {
         verifier: verifier(cfg)?,
         pipeline,
+        admission: entrance::Admission::new(cfg.server.max_in_flight, metrics.clone()),
         metrics,
         max_body_bytes: cfg.server.max_body_bytes,
         budget: Duration::from_millis(cfg.server.response_budget_ms),
         read_timeout: Duration::from_millis(cfg.server.read_timeout_ms),
-        max_in_flight: cfg.server.max_in_flight,
-        in_flight: AtomicUsize::new(0),
         max_header_bytes: cfg.server.max_header_bytes,
     });
-    Ok(http::ingress::router(&cfg.server.path, state))
+    Ok(entrance::webhook::router(&cfg.server.path, state))
 }
 
 /// Run until `shutdown` resolves: serve the webhook and admin listeners, probe dependencies,
@@ -240,11 +257,15 @@ pub async fn run(
         )
         .await;
     } else if cfg.source.kind == SourceKind::LongConnection {
-        outcome =
-            match source::LongConn::new(&cfg, pipeline.clone(), metrics.clone(), health.clone()) {
-                Ok(client) => client.run(shutdown).await,
-                Err(e) => Err(e),
-            };
+        outcome = match entrance::longconn::LongConn::new(
+            &cfg,
+            pipeline.clone(),
+            metrics.clone(),
+            health.clone(),
+        ) {
+            Ok(client) => client.run(shutdown).await,
+            Err(e) => Err(e),
+        };
     } else {
         shutdown.await;
     }

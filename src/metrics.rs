@@ -1,6 +1,11 @@
 //! Every metric, defined once, on a registry the app owns (served at `/metrics` on the admin
 //! listener). Names are fixed in decisions.md; label values come only from closed sets, and every
 //! series is created at start-up so dashboards never reference a series that does not exist yet.
+//!
+//! [`Metrics`] is built first, from the configured entrance, sink and store names, and the
+//! series the hot path touches are resolved then ([`Hot`]): no label lookup per request. What
+//! happens on the hot path is reported through the event methods at the bottom (as Vector's
+//! internal events do), each emitting its counter and its log line together.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -18,6 +23,9 @@ pub enum Source {
 
 impl Source {
     pub const ALL: [Source; 2] = [Source::Webhook, Source::LongConnection];
+    fn index(self) -> usize {
+        self as usize
+    }
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Webhook => "webhook",
@@ -44,6 +52,9 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    fn index(self) -> usize {
+        self as usize
+    }
     pub const ALL: [Outcome; 12] = [
         Outcome::Published,
         Outcome::Duplicate,
@@ -106,7 +117,57 @@ pub struct Metrics {
     pub normalize_warnings: IntCounterVec,
     pub unverified_mode: IntGauge,
     pub body_bytes: Histogram,
+    pub source_info: IntGaugeVec,
     pub longconn: LongConnMetrics,
+    /// The series the hot path uses, resolved once for the configured names.
+    hot: Hot,
+}
+
+/// Handles resolved at start-up for the configured sink and store (a `with_label_values`
+/// lookup hashes the labels and takes a lock; per request that showed in the profiles).
+struct Hot {
+    /// `[source][outcome]` → requests counter and duration histogram.
+    requests: Vec<Vec<(IntCounter, Histogram)>>,
+    verification: Vec<(FailReason, IntCounter)>,
+    publish_ok: IntCounter,
+    publish_error: IntCounter,
+    publish_timeout: IntCounter,
+    publish_duration: Histogram,
+    dedup_new: IntCounter,
+    dedup_duplicate: IntCounter,
+    dedup_in_flight: IntCounter,
+    dedup_error: IntCounter,
+    store_errors: IntCounter,
+    store_duration: [Histogram; 3],
+    commit_failures: IntCounter,
+    lost_commit: IntCounter,
+    lost_release: IntCounter,
+    warnings: Vec<(&'static str, IntCounter)>,
+}
+
+/// A dedup store operation (the `op` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOp {
+    Reserve,
+    Commit,
+    Release,
+}
+
+/// What a reservation found (the `result` label of `lark_bridge_dedup_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DedupResult {
+    New,
+    Duplicate,
+    InFlight,
+    Error,
+}
+
+/// How a publish ended (the `result` label of `lark_bridge_publish_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishResult {
+    Ok,
+    Error,
+    Timeout,
 }
 
 /// Long-connection metrics (issue 9), registered in every mode so the series always exist.
@@ -174,47 +235,220 @@ fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
 }
 
 impl Metrics {
-    /// Register everything and create every series for the configured sink and dedup backend.
-    pub fn new(sink: &str, backend: &str) -> Metrics {
+    /// Register everything and create every series for the configured entrance, sink and dedup
+    /// backend; built before the components, which may take their handles from it.
+    pub fn new(source: Source, sink: &str, backend: &str) -> Metrics {
         let r = Registry::new();
+        let requests: IntCounterVec = counter_vec(
+            &r,
+            "lark_bridge_requests_total",
+            "Requests by source and outcome.",
+            &["source", "outcome"],
+        );
+        let request_duration = histogram_vec(
+            &r,
+            "lark_bridge_request_duration_seconds",
+            "Time from request to answer.",
+            &["source", "outcome"],
+        );
+        let verification_failures = counter_vec(
+            &r,
+            "lark_bridge_verification_failures_total",
+            "Requests refused by verification, by reason.",
+            &["reason"],
+        );
+        let publish = counter_vec(
+            &r,
+            "lark_bridge_publish_total",
+            "Publish attempts by sink and result.",
+            &["sink", "result"],
+        );
+        let publish_duration = histogram_vec(
+            &r,
+            "lark_bridge_publish_duration_seconds",
+            "Time from publish to broker acknowledgement.",
+            &["sink"],
+        );
+        let dedup = counter_vec(
+            &r,
+            "lark_bridge_dedup_total",
+            "Dedup reservations by result.",
+            &["backend", "result"],
+        );
+        let dedup_store_errors = counter_vec(
+            &r,
+            "lark_bridge_dedup_store_errors_total",
+            "Dedup store operations that failed or timed out.",
+            &["backend"],
+        );
+        let dedup_store_duration = histogram_vec(
+            &r,
+            "lark_bridge_dedup_store_duration_seconds",
+            "Dedup store latency by operation.",
+            &["backend", "op"],
+        );
+        let dedup_commit_failures = counter_vec(
+            &r,
+            "lark_bridge_dedup_commit_failures_total",
+            "Commits that failed after the broker acknowledged (a redelivery may publish again).",
+            &["backend"],
+        );
+        let dedup_lost_races = counter_vec(
+            &r,
+            "lark_bridge_dedup_lost_races_total",
+            "Commits or releases that found the reservation taken over.",
+            &["backend", "op"],
+        );
+        let normalize_warnings = counter_vec(
+            &r,
+            "lark_bridge_normalize_warnings_total",
+            "Unusable fields published as null.",
+            &["field"],
+        );
+        let hot = Hot {
+            requests: Source::ALL
+                .iter()
+                .map(|s| {
+                    Outcome::ALL
+                        .iter()
+                        .map(|o| {
+                            let l = [s.as_str(), o.as_str()];
+                            (
+                                requests.with_label_values(&l),
+                                request_duration.with_label_values(&l),
+                            )
+                        })
+                        .collect()
+                })
+                .collect(),
+            verification: FailReason::ALL
+                .iter()
+                .map(|r| (*r, verification_failures.with_label_values(&[r.as_str()])))
+                .collect(),
+            publish_ok: publish.with_label_values(&[sink, "ok"]),
+            publish_error: publish.with_label_values(&[sink, "error"]),
+            publish_timeout: publish.with_label_values(&[sink, "timeout"]),
+            publish_duration: publish_duration.with_label_values(&[sink]),
+            dedup_new: dedup.with_label_values(&[backend, "new"]),
+            dedup_duplicate: dedup.with_label_values(&[backend, "duplicate"]),
+            dedup_in_flight: dedup.with_label_values(&[backend, "in_flight"]),
+            dedup_error: dedup.with_label_values(&[backend, "error"]),
+            store_errors: dedup_store_errors.with_label_values(&[backend]),
+            store_duration: DEDUP_OPS
+                .map(|op| dedup_store_duration.with_label_values(&[backend, op])),
+            commit_failures: dedup_commit_failures.with_label_values(&[backend]),
+            lost_commit: dedup_lost_races.with_label_values(&[backend, "commit"]),
+            lost_release: dedup_lost_races.with_label_values(&[backend, "release"]),
+            warnings: NORMALIZE_FIELDS
+                .iter()
+                .map(|f| (*f, normalize_warnings.with_label_values(&[f])))
+                .collect(),
+        };
         let m = Metrics {
-            requests: counter_vec(&r, "lark_bridge_requests_total", "Requests by source and outcome.", &["source", "outcome"]),
-            request_duration: histogram_vec(&r, "lark_bridge_request_duration_seconds", "Time from request to answer.", &["source", "outcome"]),
-            verification_failures: counter_vec(&r, "lark_bridge_verification_failures_total", "Requests refused by verification, by reason.", &["reason"]),
-            publish: counter_vec(&r, "lark_bridge_publish_total", "Publish attempts by sink and result.", &["sink", "result"]),
-            publish_duration: histogram_vec(&r, "lark_bridge_publish_duration_seconds", "Time from publish to broker acknowledgement.", &["sink"]),
-            dedup: counter_vec(&r, "lark_bridge_dedup_total", "Dedup reservations by result.", &["backend", "result"]),
-            dedup_store_errors: counter_vec(&r, "lark_bridge_dedup_store_errors_total", "Dedup store operations that failed or timed out.", &["backend"]),
-            dedup_store_duration: histogram_vec(&r, "lark_bridge_dedup_store_duration_seconds", "Dedup store latency by operation.", &["backend", "op"]),
-            dedup_commit_failures: counter_vec(&r, "lark_bridge_dedup_commit_failures_total", "Commits that failed after the broker acknowledged (a redelivery may publish again).", &["backend"]),
-            dedup_lost_races: counter_vec(&r, "lark_bridge_dedup_lost_races_total", "Commits or releases that found the reservation taken over.", &["backend", "op"]),
-            dedup_evictions: counter(&r, "lark_bridge_dedup_evictions_total", "Committed ids evicted from the full memory store before their TTL."),
-            in_flight: gauge(&r, "lark_bridge_in_flight_requests", "Requests being processed."),
-            sink_up: gauge_vec(&r, "lark_bridge_sink_up", "1 when the sink is reachable.", &["sink"]),
-            dedup_store_up: gauge_vec(&r, "lark_bridge_dedup_store_up", "1 when the dedup store is reachable.", &["backend"]),
-            build_info: gauge_vec(&r, "lark_bridge_build_info", "Build information.", &["version", "git_sha"]),
-            normalize_warnings: counter_vec(&r, "lark_bridge_normalize_warnings_total", "Unusable fields published as null.", &["field"]),
-            unverified_mode: gauge(&r, "lark_bridge_unverified_mode", "1 when running with neither encrypt key nor verification token."),
+            hot,
+            requests,
+            request_duration,
+            verification_failures,
+            publish,
+            publish_duration,
+            dedup,
+            dedup_store_errors,
+            dedup_store_duration,
+            dedup_commit_failures,
+            dedup_lost_races,
+            normalize_warnings,
+            source_info: gauge_vec(
+                &r,
+                "lark_bridge_source_info",
+                "1 for the entrance this replica runs (source.kind): webhook or long_connection.",
+                &["source"],
+            ),
+            dedup_evictions: counter(
+                &r,
+                "lark_bridge_dedup_evictions_total",
+                "Committed ids evicted from the full memory store before their TTL.",
+            ),
+            in_flight: gauge(
+                &r,
+                "lark_bridge_in_flight_requests",
+                "Requests being processed.",
+            ),
+            sink_up: gauge_vec(
+                &r,
+                "lark_bridge_sink_up",
+                "1 when the sink is reachable.",
+                &["sink"],
+            ),
+            dedup_store_up: gauge_vec(
+                &r,
+                "lark_bridge_dedup_store_up",
+                "1 when the dedup store is reachable.",
+                &["backend"],
+            ),
+            build_info: gauge_vec(
+                &r,
+                "lark_bridge_build_info",
+                "Build information.",
+                &["version", "git_sha"],
+            ),
+            unverified_mode: gauge(
+                &r,
+                "lark_bridge_unverified_mode",
+                "1 when running with neither encrypt key nor verification token.",
+            ),
             body_bytes: {
                 let h = Histogram::with_opts(
                     HistogramOpts::new("lark_bridge_request_body_bytes", "Size of request bodies.")
-                        .buckets(vec![256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0]),
+                        .buckets(vec![
+                            256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
+                        ]),
                 )
                 .expect("valid metric");
                 r.register(Box::new(h.clone())).expect("unique metric");
                 h
             },
             longconn: LongConnMetrics {
-                connected: gauge(&r, "lark_bridge_longconn_connected", "1 while the long connection is up."),
-                connects: counter(&r, "lark_bridge_longconn_connects_total", "Successful long-connection handshakes."),
-                reconnects: counter_vec(&r, "lark_bridge_longconn_reconnects_total", "Reconnects by reason.", &["reason"]),
-                frames: counter_vec(&r, "lark_bridge_longconn_frames_total", "Frames by direction and type.", &["kind"]),
-                replies: counter_vec(&r, "lark_bridge_longconn_replies_total", "Replies sent by code.", &["code"]),
-                fragments: counter_vec(&r, "lark_bridge_longconn_fragments_total", "Fragmented messages by result.", &["result"]),
+                connected: gauge(
+                    &r,
+                    "lark_bridge_longconn_connected",
+                    "1 while the long connection is up.",
+                ),
+                connects: counter(
+                    &r,
+                    "lark_bridge_longconn_connects_total",
+                    "Successful long-connection handshakes.",
+                ),
+                reconnects: counter_vec(
+                    &r,
+                    "lark_bridge_longconn_reconnects_total",
+                    "Reconnects by reason.",
+                    &["reason"],
+                ),
+                frames: counter_vec(
+                    &r,
+                    "lark_bridge_longconn_frames_total",
+                    "Frames by direction and type.",
+                    &["kind"],
+                ),
+                replies: counter_vec(
+                    &r,
+                    "lark_bridge_longconn_replies_total",
+                    "Replies sent by code.",
+                    &["code"],
+                ),
+                fragments: counter_vec(
+                    &r,
+                    "lark_bridge_longconn_fragments_total",
+                    "Fragmented messages by result.",
+                    &["result"],
+                ),
                 ping_rtt: {
                     let h = Histogram::with_opts(
-                        HistogramOpts::new("lark_bridge_longconn_ping_rtt_seconds", "Ping to pong time.")
-                            .buckets(LATENCY_BUCKETS.to_vec()),
+                        HistogramOpts::new(
+                            "lark_bridge_longconn_ping_rtt_seconds",
+                            "Ping to pong time.",
+                        )
+                        .buckets(LATENCY_BUCKETS.to_vec()),
                     )
                     .expect("valid metric");
                     r.register(Box::new(h.clone())).expect("unique metric");
@@ -249,6 +483,7 @@ impl Metrics {
         for op in ["commit", "release"] {
             m.dedup_lost_races.with_label_values(&[backend, op]);
         }
+        m.source_info.with_label_values(&[source.as_str()]).set(1);
         m.sink_up.with_label_values(&[sink]).set(0);
         m.dedup_store_up.with_label_values(&[backend]).set(0);
         m.build_info
@@ -272,13 +507,96 @@ impl Metrics {
         m
     }
 
-    /// Count a finished request.
+    /// Count a finished request (the entrance's `finish` logs it).
     pub fn request(&self, source: Source, outcome: Outcome, elapsed: std::time::Duration) {
-        let labels = [source.as_str(), outcome.as_str()];
-        self.requests.with_label_values(&labels).inc();
-        self.request_duration
-            .with_label_values(&labels)
-            .observe(elapsed.as_secs_f64());
+        let (count, duration) = &self.hot.requests[source.index()][outcome.index()];
+        count.inc();
+        duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// A request refused by verification (the entrance logs the answer).
+    pub fn verification_failed(&self, reason: FailReason) {
+        if let Some((_, c)) = self.hot.verification.iter().find(|(r, _)| *r == reason) {
+            c.inc();
+        }
+    }
+
+    /// Unusable fields of one event, published as null.
+    pub fn normalize_warnings(&self, fields: &[&'static str]) {
+        for f in fields {
+            if let Some((_, c)) = self.hot.warnings.iter().find(|(n, _)| n == f) {
+                c.inc();
+            }
+        }
+    }
+
+    /// A reservation's result.
+    pub fn dedup_reserved(&self, result: DedupResult) {
+        match result {
+            DedupResult::New => &self.hot.dedup_new,
+            DedupResult::Duplicate => &self.hot.dedup_duplicate,
+            DedupResult::InFlight => &self.hot.dedup_in_flight,
+            DedupResult::Error => &self.hot.dedup_error,
+        }
+        .inc();
+    }
+
+    /// How long a store operation took.
+    pub fn store_latency(&self, op: StoreOp, elapsed: std::time::Duration) {
+        let i = match op {
+            StoreOp::Reserve => 0,
+            StoreOp::Commit => 1,
+            StoreOp::Release => 2,
+        };
+        self.hot.store_duration[i].observe(elapsed.as_secs_f64());
+    }
+
+    /// A store operation failed or timed out: counted, and logged once with the error.
+    pub fn store_failed(&self, op: StoreOp, backend: &str, error: &dyn std::fmt::Display) {
+        self.hot.store_errors.inc();
+        match op {
+            StoreOp::Reserve => tracing::warn!(error = %error, backend, "dedup reserve failed"),
+            StoreOp::Commit => {
+                self.hot.commit_failures.inc();
+                tracing::warn!(error = %error, backend, "dedup commit failed after the broker acknowledged");
+            }
+            StoreOp::Release => {
+                tracing::debug!(error = %error, backend, "dedup release failed; the lease expires on its own")
+            }
+        }
+    }
+
+    /// A commit or release found its reservation taken over by another replica.
+    pub fn lost_race(&self, op: StoreOp) {
+        match op {
+            StoreOp::Commit => self.hot.lost_commit.inc(),
+            StoreOp::Release => self.hot.lost_release.inc(),
+            StoreOp::Reserve => {}
+        }
+    }
+
+    /// A publish ended: counted, timed, and a failure logged with its error.
+    pub fn published(
+        &self,
+        result: PublishResult,
+        sink: &str,
+        elapsed: std::time::Duration,
+        error: Option<&dyn std::fmt::Display>,
+    ) {
+        self.hot.publish_duration.observe(elapsed.as_secs_f64());
+        match result {
+            PublishResult::Ok => self.hot.publish_ok.inc(),
+            PublishResult::Error => self.hot.publish_error.inc(),
+            PublishResult::Timeout => self.hot.publish_timeout.inc(),
+        }
+        if let Some(e) = error {
+            tracing::warn!(error = %e, sink, "publish failed");
+        }
+    }
+
+    /// The counter the memory store bumps when it evicts a committed id early.
+    pub fn evictions_counter(&self) -> IntCounter {
+        self.dedup_evictions.clone()
     }
 
     /// The Prometheus text exposition.

@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use crate::config::OnStoreError;
 use crate::dedup::{DedupStore, Owner, Reservation, Settled};
-use crate::metrics::Metrics;
+use crate::metrics::{DedupResult, Metrics, PublishResult, StoreOp};
 use crate::sink::{PublishErrorKind, Sink};
 use lark_protocol::event::Outgoing;
 use lark_protocol::normalize::{self, NormalizeError};
@@ -87,21 +87,12 @@ impl Pipeline {
         metrics: Arc<Metrics>,
         settings: PipelineSettings,
     ) -> Arc<Self> {
-        dedup.attach_metrics(&metrics);
         Arc::new(Pipeline {
             dedup,
             sink,
             metrics,
             settings,
         })
-    }
-
-    pub fn sink(&self) -> &Arc<dyn Sink> {
-        &self.sink
-    }
-
-    pub fn dedup(&self) -> &Arc<dyn DedupStore> {
-        &self.dedup
     }
 
     /// Normalize an event, or decide it is ignored (`Ok(None)`). Pure; counts warnings.
@@ -114,12 +105,7 @@ impl Pipeline {
         } else {
             return Ok(None);
         };
-        for w in warnings {
-            self.metrics
-                .normalize_warnings
-                .with_label_values(&[w])
-                .inc();
-        }
+        self.metrics.normalize_warnings(&warnings);
         Ok(Some(out))
     }
 
@@ -140,43 +126,30 @@ impl Pipeline {
         let backend = self.dedup.backend();
 
         // Reserve.
-        let owner = match self
+        let reserved = self
             .timed_store(
-                "reserve",
+                StoreOp::Reserve,
                 deadline,
                 self.dedup.reserve(&out.attrs.id, self.settings.lease),
             )
-            .await
-        {
+            .await;
+        let owner = match reserved {
             Ok(Reservation::New(owner)) => {
-                self.metrics
-                    .dedup
-                    .with_label_values(&[backend, "new"])
-                    .inc();
+                self.metrics.dedup_reserved(DedupResult::New);
                 Some(owner)
             }
             Ok(Reservation::Duplicate) => {
-                self.metrics
-                    .dedup
-                    .with_label_values(&[backend, "duplicate"])
-                    .inc();
+                self.metrics.dedup_reserved(DedupResult::Duplicate);
                 return Ok(Processed::Duplicate);
             }
             Ok(Reservation::InFlight) => {
-                self.metrics
-                    .dedup
-                    .with_label_values(&[backend, "in_flight"])
-                    .inc();
+                self.metrics.dedup_reserved(DedupResult::InFlight);
                 return Err(PipelineError::Unavailable(
                     "another copy of this event is being published; retry later",
                 ));
             }
-            Err(e) => {
-                self.metrics
-                    .dedup
-                    .with_label_values(&[backend, "error"])
-                    .inc();
-                tracing::warn!(error = %e, backend, "dedup reserve failed");
+            Err(_) => {
+                self.metrics.dedup_reserved(DedupResult::Error);
                 match self.settings.on_store_error {
                     OnStoreError::Reject => {
                         return Err(PipelineError::Unavailable("dedup store unavailable"))
@@ -197,26 +170,20 @@ impl Pipeline {
                 "no acknowledgement within the response budget",
             )),
         };
-        self.metrics
-            .publish_duration
-            .with_label_values(&[sink])
-            .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(ack) => {
-                self.metrics.publish.with_label_values(&[sink, "ok"]).inc();
+                self.metrics
+                    .published(PublishResult::Ok, sink, started.elapsed(), None);
                 tracing::debug!(location = %ack.location, broker_duplicate = ack.duplicate, "published");
             }
             Err(e) => {
                 let result = if e.kind == PublishErrorKind::Timeout {
-                    "timeout"
+                    PublishResult::Timeout
                 } else {
-                    "error"
+                    PublishResult::Error
                 };
                 self.metrics
-                    .publish
-                    .with_label_values(&[sink, result])
-                    .inc();
-                tracing::warn!(error = %e, sink, "publish failed");
+                    .published(result, sink, started.elapsed(), Some(&e));
                 if let Some(owner) = owner {
                     self.spawn_release(out.attrs.id.clone(), owner);
                 }
@@ -236,48 +203,29 @@ impl Pipeline {
         if let Some(owner) = owner {
             let this = self.clone();
             let id = out.attrs.id.clone();
-            let commit = detached(async move {
-                let t = Instant::now();
-                let r = this.dedup.commit(&id, &owner, this.settings.ttl).await;
-                this.observe_store("commit", t);
-                match r {
-                    Ok(Settled::Done) => {}
-                    Ok(Settled::Lost) => {
-                        this.metrics
-                            .dedup_lost_races
-                            .with_label_values(&[backend, "commit"])
-                            .inc();
-                    }
-                    Err(e) => {
-                        this.metrics
-                            .dedup_store_errors
-                            .with_label_values(&[backend])
-                            .inc();
-                        this.metrics
-                            .dedup_commit_failures
-                            .with_label_values(&[backend])
-                            .inc();
-                        tracing::warn!(error = %e, backend, "dedup commit failed after the broker acknowledged");
+            let commit = detached(
+                async move {
+                    let t = Instant::now();
+                    let r = this.dedup.commit(&id, &owner, this.settings.ttl).await;
+                    this.metrics.store_latency(StoreOp::Commit, t.elapsed());
+                    match r {
+                        Ok(Settled::Done) => {}
+                        Ok(Settled::Lost) => this.metrics.lost_race(StoreOp::Commit),
+                        Err(e) => this.metrics.store_failed(StoreOp::Commit, backend, &e),
                     }
                 }
-            }.in_current_span());
+                .in_current_span(),
+            );
             let remaining = deadline.saturating_duration_since(Instant::now());
             let _ = tokio::time::timeout(remaining, commit).await;
         }
         Ok(done)
     }
 
-    fn observe_store(&self, op: &str, started: Instant) {
-        self.metrics
-            .dedup_store_duration
-            .with_label_values(&[self.dedup.backend(), op])
-            .observe(started.elapsed().as_secs_f64());
-    }
-
-    /// A store call bounded by the deadline; a timeout is a store error.
+    /// A store call bounded by the deadline; a timeout is a store error (counted and logged).
     async fn timed_store<T>(
         &self,
-        op: &str,
+        op: StoreOp,
         deadline: Instant,
         fut: impl std::future::Future<Output = Result<T, crate::dedup::StoreError>>,
     ) -> Result<T, crate::dedup::StoreError> {
@@ -289,12 +237,9 @@ impl Pipeline {
                 "dedup store did not answer within the response budget".into(),
             )),
         };
-        self.observe_store(op, started);
-        if r.is_err() {
-            self.metrics
-                .dedup_store_errors
-                .with_label_values(&[self.dedup.backend()])
-                .inc();
+        self.metrics.store_latency(op, started.elapsed());
+        if let Err(e) = &r {
+            self.metrics.store_failed(op, self.dedup.backend(), e);
         }
         r
     }
@@ -307,21 +252,15 @@ impl Pipeline {
             let t = Instant::now();
             let r =
                 tokio::time::timeout(this.settings.lease, this.dedup.release(&id, &owner)).await;
-            this.observe_store("release", t);
+            this.metrics.store_latency(StoreOp::Release, t.elapsed());
+            let backend = this.dedup.backend();
             match r {
                 Ok(Ok(Settled::Done)) => {}
-                Ok(Ok(Settled::Lost)) => {
-                    this.metrics
-                        .dedup_lost_races
-                        .with_label_values(&[this.dedup.backend(), "release"])
-                        .inc();
-                }
-                Ok(Err(_)) | Err(_) => {
-                    this.metrics
-                        .dedup_store_errors
-                        .with_label_values(&[this.dedup.backend()])
-                        .inc();
-                }
+                Ok(Ok(Settled::Lost)) => this.metrics.lost_race(StoreOp::Release),
+                Ok(Err(e)) => this.metrics.store_failed(StoreOp::Release, backend, &e),
+                Err(_) => this
+                    .metrics
+                    .store_failed(StoreOp::Release, backend, &"timed out"),
             }
         });
     }

@@ -63,7 +63,9 @@ impl Server {
 
     /// A fresh store client, as a new replica would open it (its own instance id).
     async fn store(&self) -> Arc<dyn DedupStore> {
-        lark_bridge::build_dedup(&self.config(&[])).await.unwrap()
+        lark_bridge::build_dedup(&self.config(&[]), &scratch_metrics())
+            .await
+            .unwrap()
     }
 }
 
@@ -76,9 +78,15 @@ struct Replica {
 
 impl Replica {
     async fn start(cfg: Config) -> Replica {
-        let dedup = lark_bridge::build_dedup(&cfg).await.unwrap();
+        let dedup = lark_bridge::build_dedup(&cfg, &scratch_metrics())
+            .await
+            .unwrap();
         let (sink, rx) = ChannelSink::new();
-        let metrics = Arc::new(Metrics::new("channel", dedup.backend()));
+        let metrics = Arc::new(Metrics::new(
+            lark_bridge::metrics::Source::Webhook,
+            "channel",
+            dedup.backend(),
+        ));
         let components = Components {
             sink: sink.clone(),
             dedup,
@@ -415,7 +423,9 @@ for_both_backends!(
 async fn stalled_store_fails_fast_and_recovers(backend: Backend) {
     let server = Server::start(backend).await;
     let cfg = server.config(&[]);
-    let store = lark_bridge::build_dedup(&cfg).await.unwrap();
+    let store = lark_bridge::build_dedup(&cfg, &scratch_metrics())
+        .await
+        .unwrap();
     owner(store.reserve("ev_before", LEASE).await.unwrap());
 
     server.proc.signal("-STOP");
@@ -478,7 +488,9 @@ async fn redis_password_is_used_and_never_shown() {
             &pw_file.path().display().to_string(),
         ),
     ]);
-    let store = lark_bridge::build_dedup(&cfg).await.unwrap();
+    let store = lark_bridge::build_dedup(&cfg, &scratch_metrics())
+        .await
+        .unwrap();
     let o = owner(store.reserve("ev_pw", LEASE).await.unwrap());
     assert_eq!(store.commit("ev_pw", &o, TTL).await.unwrap(), Settled::Done);
 
@@ -487,7 +499,7 @@ async fn redis_password_is_used_and_never_shown() {
         ("dedup.redis.url", &url),
         ("dedup.redis.password", "wrong-pw-0815"),
     ]);
-    let Err(e) = lark_bridge::build_dedup(&cfg).await else {
+    let Err(e) = lark_bridge::build_dedup(&cfg, &scratch_metrics()).await else {
         panic!("a wrong password connected")
     };
     let msg = e.to_string();
@@ -500,7 +512,7 @@ async fn redis_password_is_used_and_never_shown() {
     // The password in the URL's user-info: redacted in the message.
     let bad_url = url.replace("redis://", "redis://:wrong-pw-0815@");
     let cfg = config(&[("dedup.backend", "redis"), ("dedup.redis.url", &bad_url)]);
-    let Err(e) = lark_bridge::build_dedup(&cfg).await else {
+    let Err(e) = lark_bridge::build_dedup(&cfg, &scratch_metrics()).await else {
         panic!("a wrong password connected")
     };
     let msg = e.to_string();
@@ -520,7 +532,9 @@ async fn nats_token_is_used_and_never_shown() {
         ("dedup.nats.url", &url),
         ("dedup.nats.token", "right-token-4711"),
     ]);
-    let store = lark_bridge::build_dedup(&cfg).await.unwrap();
+    let store = lark_bridge::build_dedup(&cfg, &scratch_metrics())
+        .await
+        .unwrap();
     let o = owner(store.reserve("ev_tok", LEASE).await.unwrap());
     assert_eq!(
         store.commit("ev_tok", &o, TTL).await.unwrap(),
@@ -534,7 +548,7 @@ async fn nats_token_is_used_and_never_shown() {
         ("dedup.nats.token", "wrong-token-0815"),
     ]);
     let started = Instant::now();
-    let Err(e) = lark_bridge::build_dedup(&cfg).await else {
+    let Err(e) = lark_bridge::build_dedup(&cfg, &scratch_metrics()).await else {
         panic!("a wrong token connected")
     };
     assert!(started.elapsed() < Duration::from_secs(3));
@@ -544,4 +558,9 @@ async fn nats_token_is_used_and_never_shown() {
         !msg.contains("wrong-token-0815") && !msg.contains("right-token-4711"),
         "{msg}"
     );
+}
+
+/// Metrics for a store built outside a bridge (nothing reads them).
+fn scratch_metrics() -> lark_bridge::metrics::Metrics {
+    lark_bridge::metrics::Metrics::new(lark_bridge::metrics::Source::Webhook, "channel", "memory")
 }

@@ -94,8 +94,12 @@ async fn recording_components(cfg: &Config, delay: Duration) -> (Components, Ack
         acks: acks.clone(),
         delay,
     });
-    let dedup = lark_bridge::build_dedup(cfg).await.unwrap();
-    let metrics = Arc::new(Metrics::new(sink.name(), dedup.backend()));
+    let metrics = Arc::new(Metrics::new(
+        lark_bridge::metrics::Source::LongConnection,
+        sink.name(),
+        cfg.dedup.backend.as_str(),
+    ));
+    let dedup = lark_bridge::build_dedup(cfg, &metrics).await.unwrap();
     (
         Components {
             sink,

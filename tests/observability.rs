@@ -412,7 +412,11 @@ fn referenced_metrics(text: &str) -> std::collections::BTreeSet<String> {
 async fn dashboard_and_alerts_reference_only_exported_metrics() {
     let (sink, _rx) = fake_lark::sink::ChannelSink::new();
     let dedup = lark_bridge::dedup::memory::MemoryStore::new(10);
-    let metrics = Arc::new(lark_bridge::metrics::Metrics::new("nats", "redis"));
+    let metrics = Arc::new(lark_bridge::metrics::Metrics::new(
+        lark_bridge::metrics::Source::Webhook,
+        "nats",
+        "redis",
+    ));
     let bridge = Bridge::start(
         config(&[]),
         lark_bridge::Components {

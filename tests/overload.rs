@@ -33,18 +33,26 @@ struct T {
 }
 
 async fn start(pairs: &[(&str, &str)]) -> T {
-    start_with_store(pairs, MemoryStore::new(10_000)).await
+    start_with_store(pairs, 10_000).await.0
 }
 
-async fn start_with_store(pairs: &[(&str, &str)], store: Arc<MemoryStore>) -> T {
+/// A bridge over a memory store of `capacity` ids that counts its evictions in the bridge's
+/// metrics, as `Components::from_config` builds it.
+async fn start_with_store(pairs: &[(&str, &str)], capacity: usize) -> (T, Arc<MemoryStore>) {
     let (sink, rx) = ChannelSink::new();
+    let metrics = Arc::new(Metrics::new(
+        lark_bridge::metrics::Source::Webhook,
+        "channel",
+        "memory",
+    ));
+    let store = MemoryStore::with_evictions(capacity, metrics.evictions_counter());
     let components = Components {
         sink: sink.clone(),
-        dedup: store,
-        metrics: Arc::new(Metrics::new("channel", "memory")),
+        dedup: store.clone(),
+        metrics,
     };
     let bridge = Bridge::start(config(pairs), components).await;
-    T { bridge, sink, rx }
+    (T { bridge, sink, rx }, store)
 }
 
 /// One answer, and how long it took from writing the request.
@@ -250,8 +258,7 @@ async fn a_burst_at_twice_the_bound_is_answered_within_the_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_memory_store_evicts_the_oldest_commit_and_refuses_when_all_are_in_flight() {
     const CAPACITY: usize = 4;
-    let store = MemoryStore::new(CAPACITY);
-    let mut t = start_with_store(&[], store.clone()).await;
+    let (mut t, store) = start_with_store(&[], CAPACITY).await;
     // Fill the store with reservations still in flight.
     t.sink.set_delay(Duration::from_millis(800));
     let url = t.bridge.url.clone();

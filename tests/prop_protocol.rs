@@ -503,7 +503,11 @@ fn http() -> &'static Http {
             let components = lark_bridge::Components {
                 sink,
                 dedup: lark_bridge::dedup::memory::MemoryStore::new(10_000),
-                metrics: Arc::new(lark_bridge::metrics::Metrics::new("channel", "memory")),
+                metrics: Arc::new(lark_bridge::metrics::Metrics::new(
+                    lark_bridge::metrics::Source::Webhook,
+                    "channel",
+                    "memory",
+                )),
             };
             let cfg = fake_lark::kit::config(&[
                 ("lark.encrypt_key", "test key"),

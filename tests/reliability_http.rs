@@ -30,7 +30,11 @@ async fn start(pairs: &[(&str, &str)]) -> T {
     let components = Components {
         sink,
         dedup: MemoryStore::new(1000),
-        metrics: Arc::new(Metrics::new("channel", "memory")),
+        metrics: Arc::new(Metrics::new(
+            lark_bridge::metrics::Source::Webhook,
+            "channel",
+            "memory",
+        )),
     };
     let bridge = Bridge::start(config(pairs), components).await;
     let rest = bridge.url.strip_prefix("http://").unwrap();

@@ -51,7 +51,11 @@ async fn start(pairs: &[(&str, &str)]) -> T {
 async fn start_cfg(cfg: lark_bridge::config::Config) -> T {
     let (sink, rx) = ChannelSink::new();
     let dedup = MemoryStore::new(1000);
-    let metrics = Arc::new(Metrics::new("channel", "memory"));
+    let metrics = Arc::new(Metrics::new(
+        lark_bridge::metrics::Source::Webhook,
+        "channel",
+        "memory",
+    ));
     let components = Components {
         sink: sink.clone(),
         dedup: dedup.clone(),

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -46,19 +46,28 @@ pub struct MemoryStore {
     capacity: usize,
     next_owner: AtomicU64,
     evictions: AtomicU64,
-    /// `lark_bridge_dedup_evictions_total`, once the pipeline attaches the metrics.
-    evictions_metric: OnceLock<prometheus::IntCounter>,
+    /// `lark_bridge_dedup_evictions_total`.
+    evictions_metric: prometheus::IntCounter,
     instance: String,
 }
 
 impl MemoryStore {
+    /// A store of `capacity` ids with a counter of its own (tests, benchmarks).
     pub fn new(capacity: usize) -> Arc<Self> {
+        let unregistered = prometheus::IntCounter::new("evictions", "evictions")
+            .unwrap_or_else(|_| unreachable!("a valid metric name"));
+        Self::with_evictions(capacity, unregistered)
+    }
+
+    /// A store of `capacity` ids that counts early evictions on `evictions`
+    /// (`Metrics::evictions_counter`).
+    pub fn with_evictions(capacity: usize, evictions: prometheus::IntCounter) -> Arc<Self> {
         Arc::new(MemoryStore {
             inner: Mutex::new(Inner::default()),
             capacity,
             next_owner: AtomicU64::new(1),
             evictions: AtomicU64::new(0),
-            evictions_metric: OnceLock::new(),
+            evictions_metric: evictions,
             instance: super::instance_id(),
         })
     }
@@ -142,9 +151,7 @@ impl MemoryStore {
                 if *s == seq {
                     if *until > now {
                         self.evictions.fetch_add(1, Ordering::Relaxed);
-                        if let Some(m) = self.evictions_metric.get() {
-                            m.inc();
-                        }
+                        self.evictions_metric.inc();
                     }
                     inner.map.remove(&k);
                     return true;
@@ -238,10 +245,6 @@ impl DedupStore for MemoryStore {
 
     async fn check(&self) -> Result<(), StoreError> {
         Ok(())
-    }
-
-    fn attach_metrics(&self, metrics: &crate::metrics::Metrics) {
-        let _ = self.evictions_metric.set(metrics.dedup_evictions.clone());
     }
 }
 

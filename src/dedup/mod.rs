@@ -64,6 +64,4 @@ pub trait DedupStore: Send + Sync + 'static {
     async fn release(&self, id: &str, owner: &Owner) -> Result<Settled, StoreError>;
     /// Whether the store is reachable (`/readyz`).
     async fn check(&self) -> Result<(), StoreError>;
-    /// Report store-specific counts into `metrics` from now on (the memory store's evictions).
-    fn attach_metrics(&self, _metrics: &crate::metrics::Metrics) {}
 }

@@ -3,13 +3,16 @@
 //! replying `200` only after the broker acknowledged. One task reads frames and owns the
 //! connection state; each event runs in its own task (a slow publish never holds up the frames
 //! behind it) and sends its reply through a writer task that owns the socket's write half.
+//! This file is the connection's lifecycle; [`events`] handles event frames.
+
+mod events;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -17,17 +20,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::{Config, LongConnConfig, Secret};
+use crate::entrance::Admission;
 use crate::health::Health;
-use crate::metrics::{Metrics, Outcome, Source};
-use crate::pipeline::{Pipeline, PipelineError, Processed};
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
 use crate::StartError;
 use lark_protocol::endpoint::{
     classify_handshake, discovery_body, parse_discovery, redact_url, ClientConfig, ConnectError,
     Endpoint, RetryReason, Settings,
 };
-use lark_protocol::fragments::{Added, Reassembler};
+use lark_protocol::fragments::Reassembler;
 use lark_protocol::frame::{Frame, FrameType, METHOD_CONTROL, METHOD_DATA};
-use lark_protocol::{FailReason, VerifiedEvent};
+use lark_protocol::FailReason;
 
 /// Bound on one discovery request and on one WebSocket dial: a hung attempt must turn into a
 /// retry, not a silent stall. Well above Lark's normal answer times.
@@ -86,8 +90,7 @@ pub struct LongConn {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     http: reqwest::Client,
-    in_flight: Arc<Semaphore>,
-    permits: u32,
+    admission: Admission,
 }
 
 /// How a connection attempt (or a round of them) ended.
@@ -135,16 +138,15 @@ impl LongConn {
             .timeout(ATTEMPT_TIMEOUT)
             .build()
             .map_err(|e| StartError(format!("long connection: cannot build HTTP client: {e}")))?;
-        let permits = opts.max_in_flight.clamp(1, u32::MAX as usize) as u32;
         health.set("lark", Some("not connected to lark yet".into()));
+        let admission = Admission::new(opts.max_in_flight, metrics.clone());
         Ok(LongConn {
             opts,
             pipeline,
             metrics,
             health,
             http,
-            in_flight: Arc::new(Semaphore::new(permits as usize)),
-            permits,
+            admission,
         })
     }
 
@@ -426,8 +428,7 @@ impl LongConn {
         if lost.is_none() {
             // Let the events in flight finish and send their replies before closing.
             tracing::info!("shutting down the long connection: waiting for in-flight events");
-            let all = self.in_flight.acquire_many(self.permits);
-            if tokio::time::timeout(self.opts.grace, all).await.is_err() {
+            if !self.admission.drain(self.opts.grace).await {
                 tracing::warn!("in-flight events did not finish within the shutdown grace");
             }
         }
@@ -461,9 +462,7 @@ impl Conn<'_> {
             Ok(f) => f,
             Err(e) => {
                 m.longconn.frames.with_label_values(&["in_other"]).inc();
-                m.verification_failures
-                    .with_label_values(&[FailReason::Parse.as_str()])
-                    .inc();
+                m.verification_failed(FailReason::Parse);
                 tracing::warn!(error = %e, bytes = bytes.len(), "undecodable frame ignored");
                 return;
             }
@@ -500,167 +499,6 @@ impl Conn<'_> {
                 );
             }
         }
-    }
-
-    fn on_event(&mut self, mut frame: Frame) {
-        let started = Instant::now();
-        let lc = self.lc;
-        let m = &lc.metrics;
-        let trace_id = frame.header("trace_id").unwrap_or("").to_string();
-        let message_id = frame.header("message_id").unwrap_or("").to_string();
-        let span = tracing::info_span!(
-            parent: None,
-            "event",
-            source = "long_connection",
-            device_id = %self.ep.device_id,
-            trace_id = %trace_id,
-            message_id = %message_id,
-            event_id = tracing::field::Empty,
-            event_type = tracing::field::Empty,
-        );
-        let payload = frame.payload.take().unwrap_or_default();
-        let sum = frame
-            .header("sum")
-            .and_then(|s| s.trim().parse::<usize>().ok())
-            .unwrap_or(1);
-        let payload = if sum > 1 {
-            let seq = frame
-                .header("seq")
-                .and_then(|s| s.trim().parse::<usize>().ok());
-            let added = match seq {
-                Some(seq) if !message_id.is_empty() => {
-                    self.fragments.add(&message_id, sum, seq, payload, started)
-                }
-                _ => Added::Invalid("fragment without message_id or numeric seq"),
-            };
-            match added {
-                Added::Complete(p) => {
-                    m.longconn.fragments.with_label_values(&["assembled"]).inc();
-                    p
-                }
-                Added::Pending | Added::AlreadyDropped => return,
-                Added::DroppedSize => {
-                    m.longconn
-                        .fragments
-                        .with_label_values(&["dropped_size"])
-                        .inc();
-                    m.request(Source::LongConnection, Outcome::TooLarge, started.elapsed());
-                    span.in_scope(|| tracing::warn!(limit = lc.opts.max_body_bytes, "fragmented message dropped: fragments held would exceed server.max_body_bytes"));
-                    return;
-                }
-                Added::Invalid(msg) => {
-                    m.verification_failures
-                        .with_label_values(&[FailReason::Parse.as_str()])
-                        .inc();
-                    span.in_scope(|| tracing::warn!(error = msg, "fragment refused"));
-                    self.reply_now(&frame, 400, Outcome::BadRequest, started);
-                    return;
-                }
-            }
-        } else {
-            payload
-        };
-        if payload.len() > lc.opts.max_body_bytes {
-            span.in_scope(|| {
-                tracing::warn!(
-                    bytes = payload.len(),
-                    "event payload larger than server.max_body_bytes"
-                )
-            });
-            self.reply_now(&frame, 400, Outcome::TooLarge, started);
-            return;
-        }
-        m.body_bytes.observe(payload.len() as f64);
-        let ev = match VerifiedEvent::from_long_connection(&payload) {
-            Ok(ev) => ev,
-            Err(rej) => {
-                m.verification_failures
-                    .with_label_values(&[rej.reason().as_str()])
-                    .inc();
-                span.in_scope(|| tracing::warn!(error = %rej, "event refused"));
-                self.reply_now(&frame, 400, Outcome::BadRequest, started);
-                return;
-            }
-        };
-        span.record("event_id", ev.event_id());
-        span.record("event_type", ev.event_type());
-        let Ok(permit) = lc.in_flight.clone().try_acquire_owned() else {
-            span.in_scope(|| {
-                tracing::warn!(
-                    "too many events in flight (server.max_in_flight); Lark will redeliver"
-                )
-            });
-            self.reply_now(&frame, 500, Outcome::Overloaded, started);
-            return;
-        };
-        let pipeline = lc.pipeline.clone();
-        let metrics = lc.metrics.clone();
-        let tx = self.tx.clone();
-        let deadline = started + lc.opts.budget;
-        tokio::spawn(
-            async move {
-                metrics.in_flight.inc();
-                // Spawned again so that the walk between publish and commit finishes even when
-                // the reply has to go out at the deadline.
-                let walk = tokio::spawn(pipeline.process(ev, deadline).in_current_span());
-                let (code, outcome) = match tokio::time::timeout_at(deadline.into(), walk).await {
-                    Ok(Ok(Ok(p))) => (200, processed_outcome(p)),
-                    Ok(Ok(Err(PipelineError::BadEvent(e)))) => {
-                        metrics
-                            .verification_failures
-                            .with_label_values(&[FailReason::Parse.as_str()])
-                            .inc();
-                        tracing::warn!(error = %e, "event refused");
-                        (400, Outcome::BadRequest)
-                    }
-                    Ok(Ok(Err(PipelineError::Unavailable(msg)))) => {
-                        tracing::warn!(error = msg, "event not accepted; Lark will redeliver");
-                        (500, Outcome::Unavailable)
-                    }
-                    Ok(Err(_)) | Err(_) => (500, Outcome::Unavailable),
-                };
-                send_reply(&tx, &frame, code, started);
-                let elapsed = started.elapsed();
-                metrics.request(Source::LongConnection, outcome, elapsed);
-                tracing::info!(
-                    outcome = outcome.as_str(),
-                    code,
-                    latency_ms = elapsed.as_secs_f64() * 1000.0,
-                    "event finished"
-                );
-                metrics.in_flight.dec();
-                drop(permit);
-            }
-            .instrument(span),
-        );
-    }
-
-    /// Reply at once (the event never reached the pipeline) and count it.
-    fn reply_now(&self, frame: &Frame, code: u16, outcome: Outcome, started: Instant) {
-        send_reply(&self.tx, frame, code, started);
-        self.lc
-            .metrics
-            .request(Source::LongConnection, outcome, started.elapsed());
-    }
-}
-
-fn processed_outcome(p: Processed) -> Outcome {
-    match p {
-        Processed::Published => Outcome::Published,
-        Processed::Duplicate => Outcome::Duplicate,
-        Processed::Ignored => Outcome::Ignored,
-        Processed::Forwarded => Outcome::Forwarded,
-    }
-}
-
-fn send_reply(tx: &mpsc::UnboundedSender<Out>, frame: &Frame, code: u16, started: Instant) {
-    let biz_rt = started.elapsed().as_millis() as u64;
-    let bytes = Frame::reply(frame, code, biz_rt).to_bytes();
-    if tx.send(Out::Reply { bytes, code }).is_err() {
-        tracing::debug!(
-            code,
-            "connection gone before the reply; Lark will redeliver"
-        );
     }
 }
 
