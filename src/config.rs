@@ -71,18 +71,7 @@ impl Url {
     }
 }
 
-/// Replace the user-info of every URL in a comma-separated list with `***`.
-pub fn redact_url(s: &str) -> String {
-    s.split(',')
-        .map(|u| match (u.find("://"), u.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                format!("{}***{}", &u[..scheme + 3], &u[at..])
-            }
-            _ => u.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
+pub use crate::secrets::redact_url;
 
 impl fmt::Debug for Url {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

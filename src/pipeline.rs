@@ -59,9 +59,7 @@ pub struct Pipeline {
     settings: PipelineSettings,
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+use crate::secrets::now_ms;
 
 /// Run `fut` to completion even if the caller goes away, as `tokio::spawn(fut).await` would,
 /// without a task when it need not wait: it is polled once here, and moved to its own task only

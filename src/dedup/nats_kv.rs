@@ -64,9 +64,7 @@ fn revision_of(owner: &Owner) -> Option<u64> {
     owner.0.rsplit_once('@')?.1.parse().ok()
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+use crate::secrets::now_ms;
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -300,12 +298,9 @@ impl NatsKvStore {
     }
 }
 
-/// Replace every secret in `msg` by `***`.
-fn scrub(mut msg: String, secrets: &[String]) -> StoreError {
-    for s in secrets.iter().filter(|s| !s.is_empty()) {
-        msg = msg.replace(s.as_str(), "***");
-    }
-    StoreError(msg)
+/// `msg` with every configured secret replaced by `***`, as a store error.
+fn scrub(msg: String, secrets: &[String]) -> StoreError {
+    StoreError(crate::secrets::scrub(msg, secrets))
 }
 
 #[async_trait]

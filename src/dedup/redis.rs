@@ -168,12 +168,9 @@ impl RedisStore {
     }
 }
 
-/// Replace every secret in `msg` by `***`.
-fn scrub(mut msg: String, secrets: &[String]) -> StoreError {
-    for s in secrets.iter().filter(|s| !s.is_empty()) {
-        msg = msg.replace(s.as_str(), "***");
-    }
-    StoreError(msg)
+/// `msg` with every configured secret replaced by `***`, as a store error.
+fn scrub(msg: String, secrets: &[String]) -> StoreError {
+    StoreError(crate::secrets::scrub(msg, secrets))
 }
 
 /// Milliseconds for PX, at least 1 (Redis rejects `PX 0`).

@@ -39,10 +39,7 @@ pub fn client_config(cfg: &KafkaSinkConfig, budget: Duration) -> ClientConfig {
     c
 }
 
-/// Milliseconds since the Unix epoch (the stall watch's clock).
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
+use crate::secrets::now_ms;
 
 fn is_fixed(template: &str) -> bool {
     !template.contains('{')

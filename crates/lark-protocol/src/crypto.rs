@@ -23,6 +23,7 @@ impl std::fmt::Debug for EncryptKey {
 }
 
 impl EncryptKey {
+    /// Derive the AES-256 key (SHA-256 of `raw`) from the encrypt key as configured.
     pub fn new(raw: &str) -> Self {
         EncryptKey {
             raw: raw.to_string(),
@@ -38,12 +39,16 @@ impl EncryptKey {
 /// Why a ciphertext was refused. Each is a 400 on the authenticated path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DecryptError {
+    /// The text is not standard, padded base64.
     #[error("encrypt is not valid base64")]
     Base64,
+    /// Shorter than IV plus one block, or not a whole number of 16-byte blocks after the IV.
     #[error("ciphertext length is not a whole number of blocks after the IV")]
     Length,
+    /// The decrypted bytes do not end in exact PKCS#7 padding.
     #[error("ciphertext padding is invalid")]
     Padding,
+    /// The plaintext is not a JSON object.
     #[error("decrypted bytes are not a JSON object")]
     NotJson,
 }

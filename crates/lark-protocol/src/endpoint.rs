@@ -20,9 +20,11 @@ pub const CODE_CONNECTION_LIMIT: i64 = 1000040350;
 pub struct Settings {
     /// Reconnect attempts after a failure; negative = forever.
     pub reconnect_count: i64,
+    /// Wait between reconnect attempts after a retryable failure (fixed, no backoff).
     pub reconnect_interval: Duration,
     /// Jitter before the first reconnect attempt: uniform in `[0, nonce)`.
     pub reconnect_nonce: Duration,
+    /// Interval between pings on an open connection.
     pub ping_interval: Duration,
 }
 
@@ -60,12 +62,16 @@ impl Settings {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ClientConfig {
+    /// `ReconnectCount`: reconnect attempts after a failure; negative = forever.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reconnect_count: Option<i64>,
+    /// `ReconnectInterval`: seconds to wait between reconnect attempts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reconnect_interval: Option<i64>,
+    /// `ReconnectNonce`: upper bound, in seconds, of the random wait before the first reconnect.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reconnect_nonce: Option<i64>,
+    /// `PingInterval`: seconds between pings.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ping_interval: Option<i64>,
 }
@@ -93,6 +99,7 @@ pub enum RetryReason {
 }
 
 impl RetryReason {
+    /// The metric label value.
     pub fn as_str(self) -> &'static str {
         match self {
             RetryReason::DiscoveryFailed => "discovery_failed",
@@ -107,7 +114,12 @@ impl RetryReason {
 pub enum ConnectError {
     /// Try again after `ReconnectInterval`.
     #[error("{msg}")]
-    Retry { reason: RetryReason, msg: String },
+    Retry {
+        /// Why, as a metric label.
+        reason: RetryReason,
+        /// What happened, for logs (endpoint URLs redacted).
+        msg: String,
+    },
     /// A client error: retrying cannot help. The message is the readiness reason.
     #[error("{0}")]
     Stop(String),
@@ -132,6 +144,7 @@ pub struct Endpoint {
     pub device_id: String,
     /// Goes into every frame's `service`.
     pub service_id: i32,
+    /// Lark's settings from the discovery answer, when it sent them.
     pub client_config: Option<ClientConfig>,
 }
 

@@ -8,7 +8,9 @@ use super::Rejection;
 /// Which envelope an event arrived in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
+    /// The current envelope: `schema` "2.0", with `header` and `event`.
     V2,
+    /// The legacy envelope: `uuid`, `token`, `ts`, `type` and `event` at the top level.
     V1,
 }
 

@@ -4,37 +4,57 @@
 use bytes::Bytes;
 use serde::Serialize;
 
+/// CloudEvents `type` of a normalized `helpdesk.ticket.created_v1` event.
 pub const TICKET_CREATED_TYPE: &str = "com.larksuite.helpdesk.ticket.created.v1";
+/// `dataschema` of a normalized ticket-created event (its JSON Schema's `$id`).
 pub const TICKET_CREATED_SCHEMA: &str = "urn:lark-bridge:schema:helpdesk.ticket.created:v1";
+/// CloudEvents `type` of any other Lark event, forwarded as Lark sent it.
 pub const RAW_TYPE: &str = "com.larksuite.raw.v1";
+/// `dataschema` of a raw event.
 pub const RAW_SCHEMA: &str = "urn:lark-bridge:schema:raw:v1";
+/// Content type of a structured-mode CloudEvent (the whole event as JSON).
 pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json; charset=utf-8";
+/// `datacontenttype` of every event, and the content type of binary-mode messages.
 pub const DATA_CONTENT_TYPE: &str = "application/json";
 
 /// Which schema (and so which topic/subject template) an event belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventClass {
+    /// `com.larksuite.helpdesk.ticket.created.v1`.
     TicketCreated,
+    /// `com.larksuite.raw.v1`: any other Lark event type.
     Raw,
 }
 
 /// CloudEvents context attributes, in the order of normalized-schema.md §1.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Attributes {
+    /// CloudEvents spec version: always "1.0".
     pub specversion: &'static str,
+    /// Lark's event id (v2 `header.event_id`, v1 `uuid`); also the dedup key.
     pub id: String,
+    /// `urn:lark:app:{app_id}`, percent-encoded where needed; `unknown` without an app id.
     pub source: String,
+    /// CloudEvents `type`, e.g. [`TICKET_CREATED_TYPE`] or [`RAW_TYPE`].
     #[serde(rename = "type")]
     pub ty: &'static str,
+    /// `ticket_id` for tickets; Lark's event type for raw events.
     pub subject: String,
+    /// Lark's create time (else the receive time) as RFC 3339 UTC with milliseconds.
     pub time: String,
+    /// Always [`DATA_CONTENT_TYPE`].
     pub datacontenttype: &'static str,
+    /// The schema URN of `data`, e.g. [`TICKET_CREATED_SCHEMA`].
     pub dataschema: &'static str,
+    /// Partitioning extension: `helpdesk_id` for tickets, tenant key (else event type) for raw.
     pub partitionkey: String,
+    /// Extension: Lark's `tenant_key`; omitted when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub larktenantkey: Option<String>,
+    /// Extension: Lark's `app_id`; omitted when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub larkappid: Option<String>,
+    /// Extension: Lark's own event type, e.g. `helpdesk.ticket.created_v1`.
     pub larkeventtype: String,
 }
 
@@ -66,17 +86,24 @@ impl Attributes {
 /// Values a topic or subject template may use.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteVars {
+    /// `{helpdesk_id}`: set for tickets only.
     pub helpdesk_id: Option<String>,
+    /// `{event_type}`: Lark's event type.
     pub event_type: String,
+    /// `{tenant_key}`: Lark's tenant key, when sent.
     pub tenant_key: Option<String>,
+    /// `{app_id}`: Lark's app id, when sent.
     pub app_id: Option<String>,
 }
 
 /// One event ready to publish.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
+    /// Which schema, and so which topic or subject, the event goes to.
     pub class: EventClass,
+    /// The CloudEvents attributes.
     pub attrs: Attributes,
+    /// Values for the topic and subject templates.
     pub route: RouteVars,
     /// The whole structured CloudEvent, JSON.
     pub structured: Bytes,

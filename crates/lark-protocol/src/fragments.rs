@@ -29,6 +29,8 @@ struct Partial {
     started: Instant,
 }
 
+/// Collects the fragments of split event payloads until each message is complete, times out or
+/// is dropped for size.
 pub struct Reassembler {
     timeout: Duration,
     max_bytes: usize,
@@ -40,6 +42,8 @@ pub struct Reassembler {
 }
 
 impl Reassembler {
+    /// A reassembler that drops incomplete messages after `timeout` and holds at most
+    /// `max_bytes` across all of them.
     pub fn new(timeout: Duration, max_bytes: usize) -> Reassembler {
         Reassembler {
             timeout,

@@ -13,8 +13,10 @@ pub const METHOD_DATA: i32 = 1;
 /// One `key = value` pair of a frame's headers.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct Header {
+    /// Header name, e.g. `type`, `message_id`, `sum`, `seq`, `biz_rt`.
     #[prost(string, required, tag = "1")]
     pub key: String,
+    /// Header value, always a string (numbers in decimal).
     #[prost(string, required, tag = "2")]
     pub value: String,
 }
@@ -24,22 +26,31 @@ pub struct Header {
 /// `None` is not), which is what makes a reply byte-identical to the Go SDK's.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct Frame {
+    /// `SeqID`: echoed in the reply.
     #[prost(uint64, required, tag = "1")]
     pub seq_id: u64,
+    /// `LogID`: echoed in the reply.
     #[prost(uint64, required, tag = "2")]
     pub log_id: u64,
+    /// The connection's `service_id`, from the endpoint URL.
     #[prost(int32, required, tag = "3")]
     pub service: i32,
+    /// [`METHOD_CONTROL`] or [`METHOD_DATA`].
     #[prost(int32, required, tag = "4")]
     pub method: i32,
+    /// Headers in order; the `type` header says what the frame is.
     #[prost(message, repeated, tag = "5")]
     pub headers: Vec<Header>,
+    /// Echoed as received.
     #[prost(string, optional, tag = "6")]
     pub payload_encoding: Option<String>,
+    /// Echoed as received.
     #[prost(string, optional, tag = "7")]
     pub payload_type: Option<String>,
+    /// The event JSON (data frames), ClientConfig JSON (pongs), or the reply payload.
     #[prost(bytes = "vec", optional, tag = "8")]
     pub payload: Option<Vec<u8>>,
+    /// `LogIDNew`: echoed as received.
     #[prost(string, optional, tag = "9")]
     pub log_id_new: Option<String>,
 }
@@ -47,10 +58,15 @@ pub struct Frame {
 /// The `type` header, as far as the client cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameType {
+    /// `type=event`: a data frame carrying an event payload (or a fragment of one).
     Event,
+    /// `type=card`: ignored, without a reply.
     Card,
+    /// `type=ping`.
     Ping,
+    /// `type=pong`: its payload may carry a [`ClientConfig`](crate::endpoint::ClientConfig).
     Pong,
+    /// No `type` header, or one the client does not know.
     Other,
 }
 
@@ -66,6 +82,7 @@ impl Frame {
         Frame::decode(buf).map_err(|e| DecodeError(e.to_string()))
     }
 
+    /// Encode as protobuf, for a binary WebSocket message.
     pub fn to_bytes(&self) -> Vec<u8> {
         self.encode_to_vec()
     }
@@ -90,6 +107,7 @@ impl Frame {
         }
     }
 
+    /// What the frame is, from its `type` header.
     pub fn frame_type(&self) -> FrameType {
         match self.header("type") {
             Some("event") => FrameType::Event,

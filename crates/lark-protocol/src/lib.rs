@@ -10,6 +10,8 @@
 //! - [`normalize`]: a verified Lark event → the CloudEvent v1 of normalized-schema.md, and
 //!   [`event`]: that CloudEvent as published (attributes, serialized bodies, routing values).
 
+#![warn(missing_docs)]
+
 pub mod crypto;
 pub mod endpoint;
 pub mod envelope;
@@ -31,14 +33,20 @@ use envelope::{EventParts, Form};
 /// Why verification failed, as a metric label (`lark_bridge_verification_failures_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailReason {
+    /// The signature headers do not match the body, or are missing where required.
     Signature,
+    /// The verification token is missing or does not match.
     Token,
+    /// The `encrypt` field is not a string or does not decrypt to a JSON object.
     Decrypt,
+    /// The body or its event is malformed (not JSON, unknown form, missing id or type).
     Parse,
+    /// The signed timestamp is outside the allowed clock skew.
     Timestamp,
 }
 
 impl FailReason {
+    /// Every reason, e.g. to pre-register metric labels.
     pub const ALL: [FailReason; 5] = [
         FailReason::Signature,
         FailReason::Token,
@@ -46,6 +54,7 @@ impl FailReason {
         FailReason::Parse,
         FailReason::Timestamp,
     ];
+    /// The metric label value.
     pub fn as_str(self) -> &'static str {
         match self {
             FailReason::Signature => "signature",
@@ -60,14 +69,20 @@ impl FailReason {
 /// A refused request: 400 or 401, with a plain message that never holds a secret or payload.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
+    /// 400 Bad Request: the body is malformed or cannot be decrypted.
     #[error("{msg}")]
     BadRequest {
+        /// Why, as a metric label.
         reason: FailReason,
+        /// The response message.
         msg: &'static str,
     },
+    /// 401 Unauthorized: signature, token or timestamp check failed.
     #[error("{msg}")]
     Unauthorized {
+        /// Why, as a metric label.
         reason: FailReason,
+        /// The response message.
         msg: &'static str,
     },
 }
@@ -79,6 +94,7 @@ impl Rejection {
             msg,
         }
     }
+    /// Why the request was refused, as a metric label.
     pub fn reason(&self) -> FailReason {
         match self {
             Rejection::BadRequest { reason, .. } | Rejection::Unauthorized { reason, .. } => {
@@ -95,6 +111,7 @@ impl Rejection {
 pub enum Inbound {
     /// URL verification: echo this.
     Challenge(String),
+    /// An event that passed every check.
     Event(VerifiedEvent),
 }
 
@@ -103,12 +120,15 @@ pub enum Inbound {
 pub struct VerifiedEvent(EventParts);
 
 impl VerifiedEvent {
+    /// Which envelope the event arrived in.
     pub fn version(&self) -> Version {
         self.0.version
     }
+    /// Lark's event id: v2 `header.event_id`, v1 `uuid`.
     pub fn event_id(&self) -> &str {
         &self.0.event_id
     }
+    /// Lark's event type: v2 `header.event_type`, v1 `event.type`.
     pub fn event_type(&self) -> &str {
         &self.0.event_type
     }
@@ -116,12 +136,15 @@ impl VerifiedEvent {
     pub fn create_time(&self) -> Option<&Value> {
         self.0.create_time.as_ref()
     }
+    /// v2 `header.app_id`, v1 `event.app_id`; `None` when absent or empty.
     pub fn app_id(&self) -> Option<&str> {
         self.0.app_id.as_deref()
     }
+    /// v2 `header.tenant_key`, v1 `event.tenant_key`; `None` when absent or empty.
     pub fn tenant_key(&self) -> Option<&str> {
         self.0.tenant_key.as_deref()
     }
+    /// v2 `schema` ("2.0"); `None` for v1.
     pub fn schema(&self) -> Option<&str> {
         self.0.schema.as_deref()
     }
@@ -161,8 +184,11 @@ impl VerifiedEvent {
 /// The three signature headers, as received.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SignatureHeaders<'a> {
+    /// `X-Lark-Request-Timestamp`.
     pub timestamp: Option<&'a str>,
+    /// `X-Lark-Request-Nonce`.
     pub nonce: Option<&'a str>,
+    /// `X-Lark-Signature`.
     pub signature: Option<&'a str>,
 }
 
@@ -198,6 +224,9 @@ fn parse_object(body: &[u8]) -> Result<Map<String, Value>, Rejection> {
 }
 
 impl Verifier {
+    /// A verifier over the configured encrypt keys and verification tokens (any one may match;
+    /// no keys = no signature check, no tokens = no token check) and the allowed clock skew of
+    /// the signed timestamp, in seconds (0 = not checked).
     pub fn new(keys: Vec<EncryptKey>, tokens: Vec<String>, max_skew_secs: u64) -> Self {
         Verifier {
             keys,

@@ -24,10 +24,11 @@ use crate::entrance::Admission;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
+use crate::secrets::redact_url;
 use crate::StartError;
 use lark_protocol::endpoint::{
-    classify_handshake, discovery_body, parse_discovery, redact_url, ClientConfig, ConnectError,
-    Endpoint, RetryReason, Settings,
+    classify_handshake, discovery_body, parse_discovery, ClientConfig, ConnectError, Endpoint,
+    RetryReason, Settings,
 };
 use lark_protocol::fragments::Reassembler;
 use lark_protocol::frame::{Frame, FrameType, METHOD_CONTROL, METHOD_DATA};

@@ -16,10 +16,13 @@ pub type Warnings = Vec<&'static str>;
 /// Why an event cannot be normalized: a 400, before the dedup store is touched.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NormalizeError {
+    /// Lark's `event` has no usable `ticket_id`.
     #[error("ticket_id is missing")]
     MissingTicketId,
+    /// Lark's `event` has no usable `helpdesk_id`.
     #[error("helpdesk_id is missing")]
     MissingHelpdeskId,
+    /// The normalized event could not be serialized to JSON.
     #[error("event could not be serialized")]
     Serialize,
 }

@@ -16,6 +16,8 @@ struct RawData<'a> {
     event: &'a Value,
 }
 
+/// Wrap any verified event as `com.larksuite.raw.v1`. `received_ms` stands in for an absent or
+/// unreadable `create_time`.
 pub fn normalize(
     ev: &VerifiedEvent,
     received_ms: i64,

@@ -12,43 +12,79 @@ use crate::{time, VerifiedEvent};
 /// The `data` object, v1.
 #[derive(Debug, Serialize, PartialEq)]
 pub struct TicketData {
+    /// Lark's `ticket_id`, a number turned into its decimal string.
     pub ticket_id: String,
+    /// Lark's `helpdesk_id`, same rule; the partition key.
     pub helpdesk_id: String,
+    /// The guest who opened the ticket; `None` when Lark sent no `guest` object.
     pub guest: Option<Guest>,
+    /// `bot` or `human`; `unknown` for another or non-numeric code.
     pub stage: Option<&'static str>,
+    /// Lark's raw `stage` code.
     pub stage_code: Option<i64>,
+    /// `created`, `processing`, `queued`, `pending`, `waiting_for_user`, `closed_by_bot`,
+    /// `closed_by_agent`, `closed_by_user`; `unknown` for another or non-numeric code.
     pub status: Option<&'static str>,
+    /// Lark's raw `status` code.
     pub status_code: Option<i64>,
+    /// `unsatisfied`, `neutral`, `satisfied`, or `unknown`; `None` when not rated (0 or missing).
     pub score: Option<&'static str>,
+    /// Lark's raw `score` code; `None` for 0.
     pub score_code: Option<i64>,
+    /// From Lark's `solve`: 1 → false, 2 → true, anything else → `None`.
     pub solved: Option<bool>,
+    /// `open_api`, `qr_code`, `share`, `search`; `other` for another integer, `unknown` for a
+    /// non-number.
     pub channel: Option<&'static str>,
+    /// Lark's raw `channel` code.
     pub channel_code: Option<i64>,
+    /// RFC 3339 UTC with milliseconds; `None` when absent (≤ 0) or unreadable.
     pub created_at: Option<String>,
+    /// RFC 3339 UTC with milliseconds; `None` when absent (≤ 0, e.g. Lark's -1) or unreadable.
     pub updated_at: Option<String>,
+    /// RFC 3339 UTC with milliseconds; `None` while the ticket is open (0/-1) or when unreadable.
     pub closed_at: Option<String>,
+    /// The ticket's chat, when sent.
     pub chat_id: Option<String>,
+    /// Lark's `customized_fields`, passed through; empty when absent.
     pub customized_fields: Vec<CustomizedField>,
 }
 
+/// The ticket's guest, from Lark's `guest.id.*`, `guest.name`, `guest.avatar_url` and
+/// `guest.email`; each `None` when not a string.
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Guest {
+    /// Lark's `guest.id.open_id`.
     pub open_id: Option<String>,
+    /// Lark's `guest.id.union_id`.
     pub union_id: Option<String>,
+    /// Lark's `guest.id.user_id`; only sent when the app holds the user-id permission.
     pub user_id: Option<String>,
+    /// The guest's display name.
     pub name: Option<String>,
+    /// The guest's avatar URL.
     pub avatar_url: Option<String>,
+    /// The guest's email address.
     pub email: Option<String>,
 }
 
+/// One item of Lark's `customized_fields`, each member passed through as sent (`null` when
+/// missing).
 #[derive(Debug, Serialize, PartialEq)]
 pub struct CustomizedField {
+    /// The field's id.
     pub id: Value,
+    /// The field's value.
     pub value: Value,
+    /// The field's key name.
     pub key_name: Value,
+    /// The field's display name.
     pub display_name: Value,
+    /// The field's position.
     pub position: Value,
+    /// Whether the field is required.
     pub required: Value,
+    /// Whether the field is editable.
     pub editable: Value,
 }
 
