@@ -199,3 +199,41 @@ fn envelope_schemas_reference_their_data_schema_by_file() {
         );
     }
 }
+
+/// The README's metrics list (the `/metrics` bullet of "Operating it") names exactly the
+/// metrics a bridge exports: nothing missing, nothing stale. `_connects_total`-style short
+/// names there continue `lark_bridge_longconn_`.
+#[test]
+fn readme_lists_exactly_the_exported_metrics() {
+    use lark_bridge::metrics::{Metrics, Source};
+    let exported: BTreeSet<String> = Metrics::new(Source::Webhook, "nats", "redis")
+        .render()
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = readme
+        .find("`GET :9090/metrics`")
+        .expect("the metrics bullet");
+    let end = start + readme[start..].find("Alert rules:").expect("its end");
+    let mut listed = BTreeSet::new();
+    for token in readme[start..end].split('`').skip(1).step_by(2) {
+        let name = token.split('{').next().unwrap_or("");
+        let name = if let Some(short) = name.strip_prefix('_') {
+            format!("lark_bridge_longconn_{short}")
+        } else {
+            name.to_string()
+        };
+        if name.starts_with("lark_bridge_") {
+            listed.insert(name);
+        }
+    }
+    let missing: Vec<_> = exported.difference(&listed).collect();
+    let stale: Vec<_> = listed.difference(&exported).collect();
+    assert!(
+        missing.is_empty() && stale.is_empty(),
+        "README metrics list: missing {missing:?}, not exported {stale:?}"
+    );
+}
