@@ -40,16 +40,44 @@ use metrics::Metrics;
 use pipeline::{Pipeline, PipelineSettings};
 use sink::Sink;
 
-/// Start-up failed; the message names what and why (never a secret).
+/// Start-up failed; the message names what and why (never a secret). Callers branch on the
+/// kind: a refusal by Lark is final (exit non-zero, do not restart in a loop), a broker or store
+/// that cannot be reached at start is an operator's problem of the moment.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StartError(pub String);
+pub enum StartError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The sink could not be set up (`sink.nats`, `sink.kafka`).
+    #[error("{key}: {reason}")]
+    Sink {
+        /// The config section.
+        key: &'static str,
+        /// Why, scrubbed of secrets.
+        reason: String,
+    },
+    /// The dedup store could not be set up (`dedup.redis`, `dedup.nats`).
+    #[error("{key}: {source}")]
+    Dedup {
+        /// The config section.
+        key: &'static str,
+        /// The store's error.
+        #[source]
+        source: dedup::StoreError,
+    },
+    /// Lark refused the long connection for good (a client error, lark-longconn.md §2–3).
+    #[error("{0}")]
+    LarkRefused(String),
+    /// The long connection's HTTP client could not be built.
+    #[error("long connection: cannot build the HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+}
 
 /// The verifier for the configured keys and tokens.
 pub fn verifier(cfg: &Config) -> Result<Verifier, StartError> {
     let keys = match &cfg.lark.encrypt_key {
         Some(k) => config::split_secret_list(k.expose(), cfg.lark.encrypt_key_file.is_some())
-            .map_err(|e| StartError(format!("lark.encrypt_key: {e}")))?
+            .map_err(|e| config::ConfigError::invalid("lark.encrypt_key", e))?
             .iter()
             .map(|k| EncryptKey::new(k))
             .collect(),
@@ -58,7 +86,7 @@ pub fn verifier(cfg: &Config) -> Result<Verifier, StartError> {
     let tokens = match &cfg.lark.verification_token {
         Some(t) => {
             config::split_secret_list(t.expose(), cfg.lark.verification_token_file.is_some())
-                .map_err(|e| StartError(format!("lark.verification_token: {e}")))?
+                .map_err(|e| config::ConfigError::invalid("lark.verification_token", e))?
         }
         None => Vec::new(),
     };
@@ -70,7 +98,7 @@ pub fn verifier(cfg: &Config) -> Result<Verifier, StartError> {
 }
 
 fn budget(cfg: &Config) -> Duration {
-    Duration::from_millis(cfg.server.response_budget_ms)
+    cfg.server.response_budget
 }
 
 /// Connect the configured sink.
@@ -81,14 +109,20 @@ pub async fn build_sink(cfg: &Config) -> Result<Arc<dyn Sink>, StartError> {
             Ok(
                 sink::nats::NatsSink::connect(&cfg.sink.nats, cfg.sink.mode, budget(cfg))
                     .await
-                    .map_err(|e| StartError(format!("sink.nats: {e}")))?,
+                    .map_err(|reason| StartError::Sink {
+                        key: "sink.nats",
+                        reason,
+                    })?,
             )
         }
         SinkKind::Kafka => {
             Ok(
                 sink::kafka::KafkaSink::connect(&cfg.sink.kafka, cfg.sink.mode, budget(cfg))
                     .await
-                    .map_err(|e| StartError(format!("sink.kafka: {e}")))?,
+                    .map_err(|reason| StartError::Sink {
+                        key: "sink.kafka",
+                        reason,
+                    })?,
             )
         }
     }
@@ -110,10 +144,16 @@ pub async fn build_dedup(
         }
         DedupBackend::Redis => Ok(dedup::redis::RedisStore::connect(&cfg.dedup)
             .await
-            .map_err(|e| StartError(format!("dedup.redis: {e}")))?),
+            .map_err(|source| StartError::Dedup {
+                key: "dedup.redis",
+                source,
+            })?),
         DedupBackend::Nats => Ok(dedup::nats_kv::NatsKvStore::connect(&cfg.dedup)
             .await
-            .map_err(|e| StartError(format!("dedup.nats: {e}")))?),
+            .map_err(|source| StartError::Dedup {
+                key: "dedup.nats",
+                source,
+            })?),
     }
 }
 
@@ -164,8 +204,8 @@ pub fn pipeline(cfg: &Config, c: &Components) -> Arc<Pipeline> {
         c.sink.clone(),
         c.metrics.clone(),
         PipelineSettings {
-            lease: Duration::from_millis(cfg.dedup.lease_ms),
-            ttl: Duration::from_secs(cfg.dedup.ttl_secs),
+            lease: cfg.dedup.lease,
+            ttl: cfg.dedup.ttl,
             forward_unknown: cfg.routing.forward_unknown,
             on_store_error: cfg.dedup.on_store_error,
         },
@@ -184,8 +224,8 @@ pub fn webhook_router(
         admission: entrance::Admission::new(cfg.server.max_in_flight, metrics.clone()),
         metrics,
         max_body_bytes: cfg.server.max_body_bytes,
-        budget: Duration::from_millis(cfg.server.response_budget_ms),
-        read_timeout: Duration::from_millis(cfg.server.read_timeout_ms),
+        budget: cfg.server.response_budget,
+        read_timeout: cfg.server.read_timeout,
         max_header_bytes: cfg.server.max_header_bytes,
     });
     Ok(entrance::webhook::router(&cfg.server.path, state))
@@ -234,7 +274,7 @@ pub async fn run(
             .await;
     });
 
-    let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
+    let grace = cfg.server.shutdown_grace;
     // From the signal on, /readyz says so: load balancers stop sending while we drain.
     let draining = health.clone();
     let shutdown = async move {
@@ -251,7 +291,7 @@ pub async fn run(
             http::server::Limits {
                 max_connections: cfg.server.max_connections,
                 max_header_bytes: cfg.server.max_header_bytes,
-                read_timeout: Duration::from_millis(cfg.server.read_timeout_ms),
+                read_timeout: cfg.server.read_timeout,
                 grace,
             },
             shutdown,

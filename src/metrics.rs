@@ -6,6 +6,10 @@
 //! series the hot path touches are resolved then ([`Hot`]): no label lookup per request. What
 //! happens on the hot path is reported through the event methods at the bottom (as Vector's
 //! internal events do), each emitting its counter and its log line together.
+//!
+//! Over 600 lines on purpose: one file is the single place a metric is named, registered,
+//! pre-created and reported, which is what keeps the names, the dashboards and the README list
+//! in step (tests/contract.rs checks the README against it).
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,

@@ -231,9 +231,7 @@ impl Pipeline {
         let remaining = deadline.saturating_duration_since(started);
         let r = match tokio::time::timeout(remaining, fut).await {
             Ok(r) => r,
-            Err(_) => Err(crate::dedup::StoreError(
-                "dedup store did not answer within the response budget".into(),
-            )),
+            Err(_) => Err(crate::dedup::StoreError::Timeout),
         };
         self.metrics.store_latency(op, started.elapsed());
         if let Err(e) = &r {

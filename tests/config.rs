@@ -193,7 +193,7 @@ fn full_example_is_the_complete_reference_with_defaults() {
         SecretFiles::Skip,
     )
     .unwrap();
-    assert_eq!(cfg.server.listen, "0.0.0.0:8080");
+    assert_eq!(cfg.server.listen.to_string(), "0.0.0.0:8080");
 }
 
 // ---------------------------------------------------------------- bad values name their key
@@ -278,7 +278,7 @@ fn environment_wins_over_the_file() {
     .unwrap();
     assert_eq!(cfg.server.path, "/from-env");
     assert_eq!(cfg.server.max_in_flight, 7, "file value kept");
-    assert_eq!(cfg.dedup.lease_ms, 6000);
+    assert_eq!(cfg.dedup.lease, std::time::Duration::from_millis(6000));
     // A bad value from the environment still names the key.
     let e = load_text(
         &text,

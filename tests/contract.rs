@@ -69,7 +69,7 @@ fn channel_addresses_are_the_default_topics_and_subjects() {
         &cfg.sink.nats.raw_subject,
     ] {
         assert!(
-            addresses.contains(want.as_str()),
+            addresses.contains(&want.to_string()),
             "asyncapi.yaml has no channel {want}: {addresses:?}"
         );
     }

@@ -187,9 +187,7 @@ impl DedupStore for MemoryStore {
             Some(_) => {} // expired: take it over
             None => {
                 if !self.make_room(&mut inner, now) {
-                    return Err(StoreError(
-                        "memory dedup store is full of in-flight reservations".into(),
-                    ));
+                    return Err(StoreError::Full);
                 }
             }
         }

@@ -38,10 +38,20 @@ pub enum Reservation {
     InFlight,
 }
 
-/// The store failed or did not answer in time. Carries no secret (URLs are redacted).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct StoreError(pub String);
+/// The store failed or did not answer in time. Carries no secret (URLs are redacted, client
+/// errors scrubbed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// No answer within the time the caller had (the response budget, or a client timeout).
+    #[error("dedup store did not answer within the response budget")]
+    Timeout,
+    /// The memory store holds only live reservations: nothing can be evicted.
+    #[error("memory dedup store is full of in-flight reservations")]
+    Full,
+    /// The store is unreachable or refused; the message says why.
+    #[error("{0}")]
+    Unavailable(String),
+}
 
 /// Whether a commit or release took effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

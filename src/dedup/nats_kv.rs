@@ -110,10 +110,10 @@ impl NatsKvStore {
             .map(|u| u.trim().parse::<ServerAddr>())
             .collect::<Result<Vec<_>, _>>()
             // The parse error may quote the URL: say only which one.
-            .map_err(|_| StoreError(format!("{url} is not a valid NATS URL list")))?;
+            .map_err(|_| StoreError::Unavailable(format!("{url} is not a valid NATS URL list")))?;
         let opts = crate::natsconn::connect_options(&nc.auth, "dedup.nats")
             .await
-            .map_err(StoreError)?;
+            .map_err(StoreError::Unavailable)?;
         let client = opts
             .connect(addrs)
             .await
@@ -121,7 +121,7 @@ impl NatsKvStore {
         let js = async_nats::jetstream::ContextBuilder::new()
             .timeout(REQUEST_TIMEOUT)
             .build(client.clone());
-        let ttl = Duration::from_secs(cfg.ttl_secs);
+        let ttl = cfg.ttl;
         let kv = match js.get_key_value(nc.bucket.as_str()).await {
             Ok(kv) => kv,
             // Absent (or unreadable): create it. Two replicas creating the same bucket at once
@@ -162,7 +162,7 @@ impl NatsKvStore {
                 tracing::warn!(
                     bucket = %nc.bucket,
                     max_age_secs = max_age.as_secs(),
-                    ttl_secs = cfg.ttl_secs,
+                    ttl_secs = cfg.ttl.as_secs(),
                     "the existing dedup bucket's max age differs from dedup.ttl_secs"
                 );
             }
@@ -176,7 +176,7 @@ impl NatsKvStore {
     fn connected(&self, op: &str) -> Result<(), StoreError> {
         match self.client.connection_state() {
             State::Connected => Ok(()),
-            _ => Err(StoreError(format!(
+            _ => Err(StoreError::Unavailable(format!(
                 "nats {op} ({}): not connected",
                 self.url
             ))),
@@ -197,7 +197,7 @@ impl NatsKvStore {
         tokio::time::timeout(OP_TIMEOUT, fut)
             .await
             .unwrap_or_else(|_| {
-                Err(StoreError(format!(
+                Err(StoreError::Unavailable(format!(
                     "nats {op} ({}): no answer within {OP_TIMEOUT:?}",
                     self.url
                 )))
@@ -300,7 +300,7 @@ impl NatsKvStore {
 
 /// `msg` with every configured secret replaced by `***`, as a store error.
 fn scrub(msg: String, secrets: &[String]) -> StoreError {
-    StoreError(crate::secrets::scrub(msg, secrets))
+    StoreError::Unavailable(crate::secrets::scrub(msg, secrets))
 }
 
 #[async_trait]
@@ -389,6 +389,9 @@ mod tests {
 
     #[test]
     fn scrub_hides_every_secret() {
-        assert_eq!(scrub("bad tok3n".into(), &["tok3n".into()]).0, "bad ***");
+        assert_eq!(
+            scrub("bad tok3n".into(), &["tok3n".into()]).to_string(),
+            "bad ***"
+        );
     }
 }

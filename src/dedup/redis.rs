@@ -69,7 +69,7 @@ impl RedisStore {
         let mut secrets = Vec::new();
         // The driver's parse error can quote the URL, password included: say only which one.
         let mut info = rc.url.expose().into_connection_info().map_err(|_| {
-            StoreError(format!(
+            StoreError::Unavailable(format!(
                 "{url} is not a usable Redis URL: redis://[user:password@]host[:port][/db] \
                      (this build has no TLS for rediss://)"
             ))
@@ -96,7 +96,9 @@ impl RedisStore {
             ConnectionManager::new_with_config(client, manager_cfg),
         )
         .await
-        .map_err(|_| StoreError(format!("{url}: no connection within {OP_TIMEOUT:?}")))?
+        .map_err(|_| {
+            StoreError::Unavailable(format!("{url}: no connection within {OP_TIMEOUT:?}"))
+        })?
         .map_err(|e| scrub(format!("{url}: {e}"), &secrets))?;
         let store = RedisStore {
             conn,
@@ -128,7 +130,7 @@ impl RedisStore {
                 format!("redis {op} ({}): {e}", self.url),
                 &self.secrets,
             )),
-            Err(_) => Err(StoreError(format!(
+            Err(_) => Err(StoreError::Unavailable(format!(
                 "redis {op} ({}): no answer within {OP_TIMEOUT:?}",
                 self.url
             ))),
@@ -170,7 +172,7 @@ impl RedisStore {
 
 /// `msg` with every configured secret replaced by `***`, as a store error.
 fn scrub(msg: String, secrets: &[String]) -> StoreError {
-    StoreError(crate::secrets::scrub(msg, secrets))
+    StoreError::Unavailable(crate::secrets::scrub(msg, secrets))
 }
 
 /// Milliseconds for PX, at least 1 (Redis rejects `PX 0`).
@@ -191,7 +193,7 @@ impl DedupStore for RedisStore {
             .await?
         {
             Some(r) => Ok(r),
-            None => Err(StoreError(format!(
+            None => Err(StoreError::Unavailable(format!(
                 "redis reserve ({}): key {key} holds a value this bridge did not write",
                 self.url
             ))),
@@ -243,7 +245,7 @@ mod tests {
             "auth failed for s3cret at redis://:s3cret@h".into(),
             &["s3cret".into(), String::new()],
         );
-        assert_eq!(e.0, "auth failed for *** at redis://:***@h");
+        assert_eq!(e.to_string(), "auth failed for *** at redis://:***@h");
     }
 
     #[test]
@@ -260,6 +262,6 @@ mod tests {
         let Err(e) = RedisStore::connect(&cfg).await else {
             panic!("connected to a malformed URL")
         };
-        assert!(!e.0.contains("hunter2"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 }

@@ -41,10 +41,6 @@ pub fn client_config(cfg: &KafkaSinkConfig, budget: Duration) -> ClientConfig {
 
 use crate::secrets::now_ms;
 
-fn is_fixed(template: &str) -> bool {
-    !template.contains('{')
-}
-
 /// The Kafka headers of `ev` in `mode` (normalized-schema.md §3; schemas/asyncapi.yaml).
 pub fn headers(ev: &Outgoing, mode: ContentMode) -> OwnedHeaders {
     let h = OwnedHeaders::new();
@@ -106,9 +102,13 @@ impl KafkaSink {
             let admin: AdminClient<DefaultClientContext> = cc
                 .create()
                 .map_err(|e| format!("cannot create the Kafka admin client: {e}"))?;
-            let topics: Vec<NewTopic> = [&cfg.topic, &cfg.raw_topic]
+            let names: Vec<String> = [&cfg.topic, &cfg.raw_topic]
                 .into_iter()
-                .filter(|t| is_fixed(t))
+                .filter(|t| t.is_fixed())
+                .map(|t| t.to_string())
+                .collect();
+            let topics: Vec<NewTopic> = names
+                .iter()
                 .map(|t| {
                     NewTopic::new(
                         t,
@@ -246,7 +246,11 @@ impl Sink for KafkaSink {
         let current = self.producer();
         self.recover_if_fatal(&current);
         let producer = self.producer();
-        let fixed = is_fixed(&self.cfg.topic).then(|| self.cfg.topic.clone());
+        let fixed = self
+            .cfg
+            .topic
+            .is_fixed()
+            .then(|| self.cfg.topic.to_string());
         let probe = producer.clone();
         let r = tokio::task::spawn_blocking(move || {
             let producer = probe;

@@ -124,7 +124,7 @@ impl NatsSink {
                 js.get_or_create_stream(jetstream::stream::Config {
                     name: self.cfg.stream.clone(),
                     subjects: self.cfg.stream_subjects.clone(),
-                    duplicate_window: Duration::from_secs(self.cfg.duplicate_window_secs),
+                    duplicate_window: self.cfg.duplicate_window,
                     storage: jetstream::stream::StorageType::File,
                     ..Default::default()
                 })

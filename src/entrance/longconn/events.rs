@@ -67,7 +67,7 @@ impl Conn<'_> {
                         .fragments
                         .with_label_values(&["dropped_size"])
                         .inc();
-                    span.in_scope(|| tracing::warn!(limit = lc.opts.max_body_bytes, "fragmented message dropped: fragments held would exceed server.max_body_bytes"));
+                    span.in_scope(|| tracing::warn!(limit = lc.opts.limits.max_body_bytes, "fragmented message dropped: fragments held would exceed server.max_body_bytes"));
                     // No reply: the message never completed; Lark redelivers it.
                     finish(
                         m,
@@ -89,7 +89,7 @@ impl Conn<'_> {
         } else {
             payload
         };
-        if payload.len() > lc.opts.max_body_bytes {
+        if payload.len() > lc.opts.limits.max_body_bytes {
             span.in_scope(|| {
                 tracing::warn!(
                     bytes = payload.len(),
@@ -122,7 +122,7 @@ impl Conn<'_> {
         let pipeline = lc.pipeline.clone();
         let metrics = lc.metrics.clone();
         let tx = self.tx.clone();
-        let deadline = started + lc.opts.budget;
+        let deadline = started + lc.opts.limits.budget;
         // Its own task: the read loop goes on with the frames behind this one.
         tokio::spawn(
             async move {

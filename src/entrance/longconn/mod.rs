@@ -3,7 +3,10 @@
 //! replying `200` only after the broker acknowledged. One task reads frames and owns the
 //! connection state; each event runs in its own task (a slow publish never holds up the frames
 //! behind it) and sends its reply through a writer task that owns the socket's write half.
-//! This file is the connection's lifecycle; [`events`] handles event frames.
+//! This file is the connection's lifecycle; [`events`] handles event frames. It is a little
+//! over 600 lines because discovery, dial, the read loop and the write loop share one state
+//! (settings Lark may change, the pong clock, the close token) that splitting would only
+//! thread through more parameters.
 
 mod events;
 
@@ -19,7 +22,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::config::{Config, LongConnConfig, Secret};
+use crate::config::{Config, Limits, LongConnConfig, Secret};
 use crate::entrance::Admission;
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -52,14 +55,10 @@ pub struct Options {
     /// Lark's open-platform base URL, e.g. `https://open.feishu.cn`.
     pub domain: String,
     pub timings: LongConnConfig,
-    /// Time from an event frame's arrival to its reply.
-    pub budget: Duration,
-    /// Largest event payload, and the bound on bytes held in incomplete fragmented messages.
-    pub max_body_bytes: usize,
-    /// Events processed at once; past it the reply is `500` at once (Lark redelivers).
-    pub max_in_flight: usize,
-    /// At shutdown: how long in-flight events may take to finish.
-    pub grace: Duration,
+    /// The per-event limits: the budget from a frame's arrival to its reply, the largest
+    /// payload (also the bound on bytes held in incomplete fragmented messages), events in
+    /// flight (past it the reply is `500` at once), and the shutdown grace.
+    pub limits: Limits,
 }
 
 impl Options {
@@ -67,19 +66,18 @@ impl Options {
         let app_id = cfg.lark.app_id.clone().unwrap_or_default();
         let app_secret = cfg.lark.app_secret.clone().unwrap_or_default();
         if app_id.is_empty() || app_secret.is_empty() {
-            return Err(StartError(
-                "lark.app_id and lark.app_secret are required for the long connection".into(),
-            ));
+            return Err(crate::config::ConfigError::invalid(
+                "lark.app_id",
+                "lark.app_id and lark.app_secret are required for the long connection",
+            )
+            .into());
         }
         Ok(Options {
             app_id,
             app_secret,
             domain: cfg.lark.domain.trim_end_matches('/').to_string(),
             timings: cfg.source.long_connection.clone(),
-            budget: Duration::from_millis(cfg.server.response_budget_ms),
-            max_body_bytes: cfg.server.max_body_bytes,
-            max_in_flight: cfg.server.max_in_flight,
-            grace: Duration::from_secs(cfg.server.shutdown_grace_secs),
+            limits: cfg.server.limits(),
         })
     }
 }
@@ -138,9 +136,9 @@ impl LongConn {
         let http = reqwest::Client::builder()
             .timeout(ATTEMPT_TIMEOUT)
             .build()
-            .map_err(|e| StartError(format!("long connection: cannot build HTTP client: {e}")))?;
+            .map_err(StartError::HttpClient)?;
         health.set("lark", Some("not connected to lark yet".into()));
-        let admission = Admission::new(opts.max_in_flight, metrics.clone());
+        let admission = Admission::new(opts.limits.max_in_flight, metrics.clone());
         Ok(LongConn {
             opts,
             pipeline,
@@ -175,9 +173,9 @@ impl LongConn {
         let t = &self.opts.timings;
         let mut settings = Settings {
             reconnect_count: t.reconnect_count,
-            reconnect_interval: Duration::from_secs(t.reconnect_interval_secs),
-            reconnect_nonce: Duration::from_secs(t.reconnect_nonce_secs),
-            ping_interval: Duration::from_secs(t.ping_interval_secs),
+            reconnect_interval: t.reconnect_interval,
+            reconnect_nonce: t.reconnect_nonce,
+            ping_interval: t.ping_interval,
         };
         let mut ever_connected = false;
         loop {
@@ -192,7 +190,7 @@ impl LongConn {
                     self.metrics.longconn.connected.set(0);
                     self.health.set("lark", Some(reason.clone()));
                     if !ever_connected {
-                        return Err(StartError(reason));
+                        return Err(StartError::LarkRefused(reason));
                     }
                     stop.cancelled().await;
                     return Ok(());
@@ -324,8 +322,8 @@ impl LongConn {
 
     async fn dial(&self, ep: &Endpoint) -> Result<Ws, ConnectError> {
         let cfg = WebSocketConfig::default()
-            .max_message_size(Some(self.opts.max_body_bytes + FRAME_OVERHEAD))
-            .max_frame_size(Some(self.opts.max_body_bytes + FRAME_OVERHEAD));
+            .max_message_size(Some(self.opts.limits.max_body_bytes + FRAME_OVERHEAD))
+            .max_frame_size(Some(self.opts.limits.max_body_bytes + FRAME_OVERHEAD));
         let failed = |msg: String| ConnectError::Retry {
             reason: RetryReason::HandshakeFailed,
             msg,
@@ -376,8 +374,8 @@ impl LongConn {
             ep,
             tx,
             fragments: Reassembler::new(
-                Duration::from_secs(self.opts.timings.fragment_timeout_secs),
-                self.opts.max_body_bytes,
+                self.opts.timings.fragment_timeout,
+                self.opts.limits.max_body_bytes,
             ),
             last_pong: Instant::now(),
             last_ping: None,
@@ -387,7 +385,7 @@ impl LongConn {
             let now = Instant::now();
             let next_ping = conn.last_ping.map_or(now, |t| t + settings.ping_interval);
             let pong_deadline =
-                conn.last_pong + settings.pong_timeout(self.opts.timings.pong_timeout_secs);
+                conn.last_pong + settings.pong_timeout(self.opts.timings.pong_timeout.as_secs());
             let frag_deadline = conn.fragments.next_deadline();
             // Timers before the socket, so that a stream of frames cannot starve the pings;
             // the pong deadline after it, so that a pong already received is read first.
@@ -429,7 +427,7 @@ impl LongConn {
         if lost.is_none() {
             // Let the events in flight finish and send their replies before closing.
             tracing::info!("shutting down the long connection: waiting for in-flight events");
-            if !self.admission.drain(self.opts.grace).await {
+            if !self.admission.drain(self.opts.limits.grace).await {
                 tracing::warn!("in-flight events did not finish within the shutdown grace");
             }
         }

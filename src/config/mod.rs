@@ -1,0 +1,261 @@
+//! The configuration tree: built-in defaults → optional TOML file → `LARK_BRIDGE__SECTION__KEY`
+//! environment variables. Every struct rejects unknown keys; values are read straight into
+//! typed ones (`SocketAddr`, `Duration`, parsed [`Template`]s) at this boundary, and each
+//! section validates itself beside its definition, so start-up fails with a message naming the
+//! offending key.
+//!
+//! One file per section: [`server`] (and `[admin]`), [`lark`], [`source`], [`sink`] (and
+//! `[routing]`), [`dedup`], [`log`]; [`secret`] for secret values, [`template`] for topic and
+//! subject templates, `units` for the serde helpers.
+
+pub mod dedup;
+pub mod lark;
+pub mod log;
+pub mod secret;
+pub mod server;
+pub mod sink;
+pub mod source;
+pub mod template;
+mod units;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use dedup::{
+    DedupBackend, DedupConfig, MemoryDedupConfig, NatsDedupConfig, OnStoreError, RedisDedupConfig,
+};
+pub use lark::LarkConfig;
+pub use log::{LogConfig, LogFormat};
+pub use secret::{is_secret_property, redact_url, split_secret_list, KafkaProperties, Secret, Url};
+pub use server::{AdminConfig, Limits, ServerConfig};
+pub use sink::{
+    ContentMode, KafkaSinkConfig, NatsAuth, NatsSinkConfig, RoutingConfig, SinkConfig, SinkKind,
+};
+pub use source::{LongConnConfig, SourceConfig, SourceKind};
+pub use template::{Placeholder, Template, TemplateError};
+
+/// A configuration error. The message always names the key, and never holds a secret value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The named config file does not exist.
+    #[error("config: config file {} does not exist", .0.display())]
+    MissingFile(PathBuf),
+    /// The layered sources could not be read into the tree (syntax, type, unknown key); the
+    /// config crate's message names the key.
+    #[error("config: {0}")]
+    Load(String),
+    /// A value is out of its allowed range or shape.
+    #[error("config: {key}: {reason}")]
+    Invalid {
+        /// The key, e.g. `server.listen`.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A secret and its `_file` are both set.
+    #[error("config: {key} and {key}_file are both set; set one")]
+    BothSet {
+        /// The secret's key.
+        key: String,
+    },
+    /// A `_file` could not be read.
+    #[error("config: {key}: cannot read {}: {source}", path.display())]
+    SecretFile {
+        /// The `_file` key.
+        key: String,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ConfigError {
+    /// `key` has a value that is not allowed, because `reason`.
+    pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The key the error is about, when it names one on its own.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. }
+            | ConfigError::BothSet { key }
+            | ConfigError::SecretFile { key, .. } => Some(key),
+            ConfigError::MissingFile(_) | ConfigError::Load(_) => None,
+        }
+    }
+}
+
+fn positive(v: u64, key: &str) -> Result<(), ConfigError> {
+    if v == 0 {
+        return Err(ConfigError::invalid(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`: the webhook listener and the per-event limits.
+    pub server: ServerConfig,
+    /// `[admin]`: the admin listener.
+    pub admin: AdminConfig,
+    /// `[lark]`: secrets and app credentials.
+    pub lark: LarkConfig,
+    /// `[source]`: the entrance.
+    pub source: SourceConfig,
+    /// `[routing]`: other event types.
+    pub routing: RoutingConfig,
+    /// `[sink]`: the broker.
+    pub sink: SinkConfig,
+    /// `[dedup]`: the dedup store.
+    pub dedup: DedupConfig,
+    /// `[log]`: logs.
+    pub log: LogConfig,
+}
+
+/// How to treat `_file` secrets while loading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretFiles {
+    /// Read them (a missing file is an error).
+    Read,
+    /// Check structure only (`check-config --skip-secret-files`).
+    Skip,
+}
+
+impl Config {
+    /// Load defaults → `file` (if any) → environment (`LARK_BRIDGE__…`), resolve `_file`
+    /// secrets and validate.
+    pub fn load(file: Option<&Path>, secret_files: SecretFiles) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(file, &env, secret_files)
+    }
+
+    /// Like [`Config::load`] with an explicit environment (tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: &[(String, String)],
+        secret_files: SecretFiles,
+    ) -> Result<Config, ConfigError> {
+        let mut b = config::Config::builder();
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError::MissingFile(f.to_path_buf()));
+            }
+            b = b.add_source(config::File::from(f).format(config::FileFormat::Toml));
+        }
+        let env_map: std::collections::HashMap<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("LARK_BRIDGE__"))
+            .cloned()
+            .collect();
+        b = b.add_source(
+            config::Environment::with_prefix("LARK_BRIDGE")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("sink.nats.stream_subjects")
+                .source(Some(env_map)),
+        );
+        let raw = b.build().map_err(|e| ConfigError::Load(e.to_string()))?;
+        let mut cfg: Config = raw
+            .try_deserialize()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        cfg.resolve_secret_files(secret_files)?;
+        cfg.validate(secret_files)?;
+        Ok(cfg)
+    }
+
+    fn resolve_secret_files(&mut self, mode: SecretFiles) -> Result<(), ConfigError> {
+        let l = &mut self.lark;
+        secret::resolve(
+            &mut l.encrypt_key,
+            &l.encrypt_key_file,
+            "lark.encrypt_key",
+            mode,
+        )?;
+        secret::resolve(
+            &mut l.verification_token,
+            &l.verification_token_file,
+            "lark.verification_token",
+            mode,
+        )?;
+        secret::resolve(
+            &mut l.app_secret,
+            &l.app_secret_file,
+            "lark.app_secret",
+            mode,
+        )?;
+        let r = &mut self.dedup.redis;
+        secret::resolve(
+            &mut r.password,
+            &r.password_file,
+            "dedup.redis.password",
+            mode,
+        )?;
+        for (auth, at) in [
+            (&mut self.sink.nats.auth, "sink.nats"),
+            (&mut self.dedup.nats.auth, "dedup.nats"),
+        ] {
+            secret::resolve(
+                &mut auth.password,
+                &auth.password_file,
+                &format!("{at}.password"),
+                mode,
+            )?;
+            secret::resolve(
+                &mut auth.token,
+                &auth.token_file,
+                &format!("{at}.token"),
+                mode,
+            )?;
+        }
+        if let (Some(path), SecretFiles::Read) = (&self.sink.kafka.properties_file, mode) {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+                key: "sink.kafka.properties_file".into(),
+                path: path.clone(),
+                source,
+            })?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let Some((k, v)) = line.split_once('=') else {
+                    return Err(ConfigError::invalid(
+                        "sink.kafka.properties_file",
+                        format!("line {} is not key=value", n + 1),
+                    ));
+                };
+                self.sink
+                    .kafka
+                    .properties
+                    .insert(k.trim().into(), v.trim().into());
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(&self, mode: SecretFiles) -> Result<(), ConfigError> {
+        self.server.validate()?;
+        let budget = self.server.response_budget;
+        self.dedup.validate(budget)?;
+        self.lark.validate(self.source.kind, mode)?;
+        self.source.validate()?;
+        self.sink.validate(budget)?;
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, secrets shown as `***`.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}

@@ -1,0 +1,206 @@
+//! `[sink]` — where events go (stdout, NATS JetStream, Kafka) and how they are laid out — and
+//! `[routing]`, what happens to event types the bridge does not normalize.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::secret::{KafkaProperties, Secret, Url};
+use super::template::Template;
+use super::{units, ConfigError};
+
+/// A built-in template (known to parse).
+fn template(text: &str) -> Template {
+    Template::parse(text).unwrap_or_else(|e| unreachable!("built-in template {text}: {e}"))
+}
+
+/// What happens to event types other than `helpdesk.ticket.created_v1`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Publish other event types in the generic `com.larksuite.raw.v1` envelope. Default false.
+    pub forward_unknown: bool,
+}
+
+/// Where events go.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// `stdout` (default), `nats` or `kafka`.
+    pub kind: SinkKind,
+    /// CloudEvents content mode on brokers: `structured` (default) or `binary`.
+    pub mode: ContentMode,
+    pub nats: NatsSinkConfig,
+    pub kafka: KafkaSinkConfig,
+}
+
+/// The broker events go to.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    #[default]
+    Stdout,
+    Nats,
+    Kafka,
+}
+
+impl SinkKind {
+    /// The `sink` label of the metrics (what the sink's `name()` returns).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkKind::Stdout => "stdout",
+            SinkKind::Nats => "nats",
+            SinkKind::Kafka => "kafka",
+        }
+    }
+}
+
+/// CloudEvents content mode (normalized-schema.md §3).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ContentMode {
+    #[default]
+    Structured,
+    Binary,
+}
+
+/// Credentials for a NATS connection; shared by the sink and the NATS KV dedup store.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsAuth {
+    /// User name (with `password`).
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
+    /// Token authentication.
+    pub token: Option<Secret>,
+    pub token_file: Option<PathBuf>,
+    /// A `.creds` file (JWT + NKey).
+    pub creds_file: Option<PathBuf>,
+    /// Require TLS on the connection.
+    pub tls_required: bool,
+    /// CA certificate (PEM) to trust for the server's TLS certificate.
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+/// The NATS sink.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsSinkConfig {
+    /// Server URL(s), comma-separated. Default `nats://127.0.0.1:4222`.
+    pub url: Url,
+    /// Publish through JetStream and await the PubAck (default); false = core NATS (no ack).
+    pub jetstream: bool,
+    /// Subject template for ticket events. Default `lark.helpdesk.ticket.created.v1.{helpdesk_id}`.
+    pub subject: Template,
+    /// Subject template for raw events. Default `lark.events.raw.v1.{event_type}`.
+    pub raw_subject: Template,
+    /// JetStream stream to bind; created if absent. Default `LARK_HELPDESK`.
+    pub stream: String,
+    /// Create the stream when it does not exist. Default true.
+    pub create_stream: bool,
+    /// Subjects of a created stream. Default `lark.helpdesk.>` and `lark.events.raw.v1.>`.
+    pub stream_subjects: Vec<String>,
+    /// `duplicate_window_secs`: duplicate window of a created stream (`Nats-Msg-Id` dedup).
+    /// Default 86400, covering Lark's redeliveries up to the 6 h retry with room to spare.
+    #[serde(rename = "duplicate_window_secs", with = "units::secs")]
+    pub duplicate_window: Duration,
+    #[serde(flatten)]
+    pub auth: NatsAuth,
+}
+
+impl Default for NatsSinkConfig {
+    fn default() -> Self {
+        NatsSinkConfig {
+            url: Url::new("nats://127.0.0.1:4222"),
+            jetstream: true,
+            subject: template("lark.helpdesk.ticket.created.v1.{helpdesk_id}"),
+            raw_subject: template("lark.events.raw.v1.{event_type}"),
+            stream: "LARK_HELPDESK".into(),
+            create_stream: true,
+            stream_subjects: vec!["lark.helpdesk.>".into(), "lark.events.raw.v1.>".into()],
+            duplicate_window: Duration::from_secs(86_400),
+            auth: NatsAuth::default(),
+        }
+    }
+}
+
+/// The Kafka sink.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSinkConfig {
+    /// Bootstrap servers, comma-separated. Default `127.0.0.1:9092`.
+    pub brokers: String,
+    /// Topic template for ticket events. Default `lark.helpdesk.ticket.created.v1`.
+    pub topic: Template,
+    /// Topic template for raw events. Default `lark.events.raw.v1`.
+    pub raw_topic: Template,
+    /// Any librdkafka setting (SASL, TLS, linger.ms, …), passed through.
+    pub properties: KafkaProperties,
+    /// A file of `key=value` lines merged over `properties` (where SASL passwords go).
+    pub properties_file: Option<PathBuf>,
+    /// Create fixed topics at start. Default false.
+    pub create_topics: bool,
+    /// Partitions of a created topic. Default 12.
+    pub topic_partitions: i32,
+    /// Replication factor of a created topic; -1 = the broker's default.
+    pub topic_replication_factor: i32,
+}
+
+impl Default for KafkaSinkConfig {
+    fn default() -> Self {
+        KafkaSinkConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic: template("lark.helpdesk.ticket.created.v1"),
+            raw_topic: template("lark.events.raw.v1"),
+            properties: KafkaProperties::default(),
+            properties_file: None,
+            create_topics: false,
+            topic_partitions: 12,
+            topic_replication_factor: -1,
+        }
+    }
+}
+
+impl SinkConfig {
+    pub(super) fn validate(&self, budget: Duration) -> Result<(), ConfigError> {
+        let n = &self.nats;
+        if n.url.expose().is_empty() {
+            return Err(ConfigError::invalid("sink.nats.url", "must not be empty"));
+        }
+        let subject = n.subject.to_string();
+        if !subject.starts_with(|c: char| c.is_ascii_alphanumeric()) || subject.contains(' ') {
+            return Err(ConfigError::invalid(
+                "sink.nats.subject",
+                "is not a valid subject template",
+            ));
+        }
+        let k = &self.kafka;
+        if self.kind == SinkKind::Kafka && k.brokers.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                "sink.kafka.brokers",
+                "must not be empty",
+            ));
+        }
+        if k.topic_partitions < 1 {
+            return Err(ConfigError::invalid(
+                "sink.kafka.topic_partitions",
+                "must be at least 1",
+            ));
+        }
+        if let Some(v) = k.properties.get("message.timeout.ms") {
+            let key = "sink.kafka.properties.\"message.timeout.ms\"";
+            let ms: u64 = v
+                .parse()
+                .map_err(|_| ConfigError::invalid(key, "must be a number"))?;
+            let budget_ms = budget.as_millis() as u64;
+            if ms > budget_ms {
+                return Err(ConfigError::invalid(key, format!(
+                    "({ms}) must not exceed server.response_budget_ms ({budget_ms}): a message still retrying after the 503 would be published behind Lark's back"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
