@@ -13,13 +13,11 @@ use fake_lark::longconn::{event_frames, ticket_payload, Behaviour, FakeLark, Han
 use lark_bridge::config::Config;
 use lark_bridge::metrics::Metrics;
 use lark_bridge::sink::{Ack, PublishError, Sink};
-use lark_bridge::{Components, StartError};
+use lark_bridge::Components;
 use lark_protocol::endpoint::ClientConfig;
 use lark_protocol::event::Outgoing;
 use lark_protocol::frame::{Frame, Header};
-use tokio::sync::oneshot;
 
-const WAIT: Duration = Duration::from_secs(15);
 const APP_ID: &str = "cli_test0000000001";
 const APP_SECRET: &str = "app-secret-for-tests";
 
@@ -110,143 +108,14 @@ async fn recording_components(cfg: &Config, delay: Duration) -> (Components, Ack
     )
 }
 
-/// A bridge in long-connection mode, in-process (no webhook listener).
-struct LcBridge {
-    admin: String,
-    metrics: Arc<Metrics>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), StartError>>>,
-}
-
-impl LcBridge {
-    async fn start(cfg: Config, components: Components) -> LcBridge {
-        if let Ok(level) = std::env::var("LARK_BRIDGE_TEST_LOG") {
-            lark_bridge::logging::init(&lark_bridge::config::LogConfig {
-                format: lark_bridge::config::LogFormat::Text,
-                level,
-            });
-        }
-        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin_url = format!("http://{}", admin.local_addr().unwrap());
-        let metrics = components.metrics.clone();
-        let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(lark_bridge::run(
-            cfg,
-            components,
-            lark_bridge::Listeners {
-                webhook: None,
-                admin,
-            },
-            async move {
-                let _ = rx.await;
-            },
-        ));
-        LcBridge {
-            admin: admin_url,
-            metrics,
-            stop: Some(tx),
-            task: Some(task),
-        }
-    }
-
-    async fn from_config(cfg: Config) -> LcBridge {
-        let c = Components::from_config(&cfg).await.unwrap();
-        LcBridge::start(cfg, c).await
-    }
-
-    /// Signal shutdown and return what `run` returned.
-    async fn stop(mut self) -> Result<(), StartError> {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        match self.task.take() {
-            Some(t) => tokio::time::timeout(WAIT, t)
-                .await
-                .expect("run returns after shutdown")
-                .unwrap(),
-            None => Ok(()),
-        }
-    }
-
-    /// What `run` returned on its own (start-up refusal), within `WAIT`.
-    async fn exit(mut self) -> Result<(), StartError> {
-        let t = self.task.take().unwrap();
-        tokio::time::timeout(WAIT, t)
-            .await
-            .expect("run returned by itself")
-            .unwrap()
-    }
-
-    async fn readyz(&self) -> (u16, serde_json::Value) {
-        let r = reqwest::get(format!("{}/readyz", self.admin))
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or_default())
-    }
-
-    /// Poll `/readyz` until its status is `want` and `pred` holds for the body.
-    async fn wait_ready_where(
-        &self,
-        want: u16,
-        pred: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
-        let until = Instant::now() + WAIT;
-        loop {
-            let (status, body) = self.readyz().await;
-            if status == want && pred(&body) {
-                return body;
-            }
-            assert!(
-                Instant::now() < until,
-                "/readyz never answered {want} as wanted; last {status} {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn wait_ready(&self, want: u16) -> serde_json::Value {
-        self.wait_ready_where(want, |_| true).await
-    }
-
-    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        metric(&self.metrics.render(), name, labels)
-    }
-
-    /// Metrics have no change signal: poll until `pred` holds (bounded).
-    async fn wait_metric(
-        &self,
-        name: &str,
-        labels: &[(&str, &str)],
-        pred: impl Fn(f64) -> bool,
-    ) -> f64 {
-        let until = Instant::now() + WAIT;
-        loop {
-            let v = self.metric(name, labels);
-            if pred(v) {
-                return v;
-            }
-            assert!(Instant::now() < until, "{name}{labels:?} stuck at {v}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for LcBridge {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-fn requests(b: &LcBridge, outcome: &str) -> f64 {
+fn requests(b: &Bridge, outcome: &str) -> f64 {
     b.metric(
         "lark_bridge_requests_total",
         &[("source", "long_connection"), ("outcome", outcome)],
     )
 }
 
-fn lc(b: &LcBridge, name: &str, label: (&str, &str)) -> f64 {
+fn lc(b: &Bridge, name: &str, label: (&str, &str)) -> f64 {
     b.metric(&format!("lark_bridge_longconn_{name}"), &[label])
 }
 
@@ -284,7 +153,7 @@ fn raw_event_frame(fake: &FakeLark, message_id: &str, payload: &[u8]) -> Frame {
     .remove(0)
 }
 
-async fn connected(fake: &FakeLark, bridge: &LcBridge, n: usize) {
+async fn connected(fake: &FakeLark, bridge: &Bridge, n: usize) {
     assert!(fake.wait_connections(n, WAIT).await, "bridge connected");
     bridge.wait_ready(200).await;
 }
@@ -297,7 +166,7 @@ async fn events_are_published_and_acknowledged_only_after_the_broker_ack() {
     let fake = start_fake(Behaviour::default()).await;
     let cfg = lc_cfg(&fake, Some(&nats), &[]);
     let (c, acks) = recording_components(&cfg, Duration::ZERO).await;
-    let bridge = LcBridge::start(cfg, c).await;
+    let bridge = Bridge::start(cfg, c).await;
     connected(&fake, &bridge, 1).await;
 
     let mut sent = HashMap::new();
@@ -353,7 +222,7 @@ async fn bridge_gone(fake: &FakeLark) -> usize {
 async fn a_duplicate_event_id_is_acknowledged_and_not_published_again() {
     let nats = start_nats().await;
     let fake = start_fake(Behaviour::default()).await;
-    let bridge = LcBridge::from_config(lc_cfg(&fake, Some(&nats), &[])).await;
+    let bridge = Bridge::from_config(lc_cfg(&fake, Some(&nats), &[])).await;
     connected(&fake, &bridge, 1).await;
     let id = new_event_id();
     fake.deliver(ticket_payload(&id, "1"), None);
@@ -384,7 +253,7 @@ async fn broker_down_gives_500_without_commit_and_the_redelivery_publishes_once(
             ("dedup.lease_ms", "1500"),
         ],
     );
-    let bridge = LcBridge::from_config(cfg).await;
+    let bridge = Bridge::from_config(cfg).await;
     connected(&fake, &bridge, 1).await;
 
     nats.kill();
@@ -429,7 +298,7 @@ async fn a_stalled_broker_gives_500_within_the_budget() {
             ("dedup.lease_ms", "1000"),
         ],
     );
-    let bridge = LcBridge::from_config(cfg).await;
+    let bridge = Bridge::from_config(cfg).await;
     connected(&fake, &bridge, 1).await;
     nats.signal("-STOP");
     fake.deliver(ticket_payload(&new_event_id(), "1"), None);
@@ -450,7 +319,7 @@ async fn a_stalled_broker_gives_500_within_the_budget() {
 async fn fragmented_payloads_are_reassembled_in_any_order() {
     let nats = start_nats().await;
     let fake = start_fake(Behaviour::default()).await;
-    let bridge = LcBridge::from_config(lc_cfg(&fake, Some(&nats), &[])).await;
+    let bridge = Bridge::from_config(lc_cfg(&fake, Some(&nats), &[])).await;
     connected(&fake, &bridge, 1).await;
 
     // In order, as Lark sends them.
@@ -508,7 +377,7 @@ async fn incomplete_or_oversized_fragmented_messages_are_dropped_and_counted() {
             ("server.max_body_bytes", "2000"),
         ],
     );
-    let bridge = LcBridge::from_config(cfg).await;
+    let bridge = Bridge::from_config(cfg).await;
     connected(&fake, &bridge, 1).await;
 
     // Half a message: dropped after the fragment timeout.
@@ -566,7 +435,7 @@ async fn incomplete_or_oversized_fragmented_messages_are_dropped_and_counted() {
 #[tokio::test]
 async fn malformed_frames_and_encrypted_payloads_are_counted_and_the_connection_survives() {
     let fake = start_fake(Behaviour::default()).await;
-    let bridge = LcBridge::from_config(lc_cfg(&fake, None, &[])).await;
+    let bridge = Bridge::from_config(lc_cfg(&fake, None, &[])).await;
     connected(&fake, &bridge, 1).await;
 
     fake.push(Push::Binary(b"\xff\xff\xff garbage".to_vec()))
@@ -648,7 +517,7 @@ async fn a_closed_socket_reconnects_with_fresh_discovery_and_no_event_is_lost() 
     // A slow broker keeps events in flight when the socket closes: their replies are lost
     // and only Lark's redelivery (a duplicate by then) gets them acknowledged.
     let (c, _acks) = recording_components(&cfg, Duration::from_millis(300)).await;
-    let bridge = LcBridge::start(cfg, c).await;
+    let bridge = Bridge::start(cfg, c).await;
     connected(&fake, &bridge, 1).await;
 
     let mut ids = Vec::new();
@@ -704,7 +573,7 @@ async fn connection_limit_at_the_handshake_stops_startup_with_a_clear_error() {
         ..Behaviour::default()
     })
     .await;
-    let bridge = LcBridge::from_config(lc_cfg(&fake, None, &[])).await;
+    let bridge = Bridge::from_config(lc_cfg(&fake, None, &[])).await;
     let err = bridge.exit().await.unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -728,7 +597,7 @@ async fn a_banned_app_stops_startup() {
         ..Behaviour::default()
     })
     .await;
-    let err = LcBridge::from_config(lc_cfg(&fake, None, &[]))
+    let err = Bridge::from_config(lc_cfg(&fake, None, &[]))
         .await
         .exit()
         .await
@@ -745,7 +614,7 @@ async fn discovery_client_error_stops_startup_with_a_clear_error() {
         ..Behaviour::default()
     })
     .await;
-    let err = LcBridge::from_config(lc_cfg(&fake, None, &[]))
+    let err = Bridge::from_config(lc_cfg(&fake, None, &[]))
         .await
         .exit()
         .await
@@ -799,7 +668,7 @@ async fn readiness_follows_the_connection_and_a_later_refusal_stops_reconnecting
         ..Behaviour::default()
     })
     .await;
-    let bridge = LcBridge::from_config(lc_cfg(&fake, None, &[])).await;
+    let bridge = Bridge::from_config(lc_cfg(&fake, None, &[])).await;
     // Retryable: not ready, with the reason, and retrying.
     let body = bridge
         .wait_ready_where(503, |b| {
@@ -864,7 +733,7 @@ async fn a_missing_pong_reconnects_and_a_pong_config_changes_the_ping_interval()
             ("source.long_connection.pong_timeout_secs", "1"),
         ],
     );
-    let bridge = LcBridge::from_config(cfg).await;
+    let bridge = Bridge::from_config(cfg).await;
     bridge
         .wait_metric(
             "lark_bridge_longconn_reconnects_total",
@@ -911,7 +780,7 @@ async fn shutdown_lets_in_flight_events_finish_and_closes_the_socket() {
     let fake = start_fake(Behaviour::default()).await;
     let cfg = lc_cfg(&fake, Some(&nats), &[]);
     let (c, _acks) = recording_components(&cfg, Duration::from_millis(400)).await;
-    let bridge = LcBridge::start(cfg, c).await;
+    let bridge = Bridge::start(cfg, c).await;
     connected(&fake, &bridge, 1).await;
     let id = new_event_id();
     let msg = fake.deliver(ticket_payload(&id, "1"), None);
@@ -938,8 +807,8 @@ async fn two_replicas_share_the_events_and_a_redis_store_keeps_them_once() {
         ("dedup.backend", "redis"),
         ("dedup.redis.url", redis_url.as_str()),
     ];
-    let a = LcBridge::from_config(lc_cfg(&fake, Some(&nats), &extra)).await;
-    let b = LcBridge::from_config(lc_cfg(&fake, Some(&nats), &extra)).await;
+    let a = Bridge::from_config(lc_cfg(&fake, Some(&nats), &extra)).await;
+    let b = Bridge::from_config(lc_cfg(&fake, Some(&nats), &extra)).await;
     assert!(fake.wait_connections(2, WAIT).await);
     a.wait_ready(200).await;
     b.wait_ready(200).await;

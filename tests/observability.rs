@@ -458,5 +458,5 @@ async fn dashboard_and_alerts_reference_only_exported_metrics() {
         }
     }
     assert!(checked > 5);
-    bridge.stop().await;
+    bridge.stop().await.expect("clean shutdown");
 }

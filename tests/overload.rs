@@ -198,7 +198,7 @@ async fn past_the_bound_the_excess_is_shed_fast_and_every_200_is_published_once(
     let again = burst(&t.bridge.url, 1, "after").await;
     assert_eq!(again[0].status, 200, "{again:?}");
     assert_eq!(t.rx.recv().await.unwrap().attrs.id, again[0].id);
-    t.bridge.stop().await;
+    t.bridge.stop().await.expect("clean shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,7 +252,7 @@ async fn a_burst_at_twice_the_bound_is_answered_within_the_budget() {
         t.rx.try_recv().is_err(),
         "nothing is published unacknowledged"
     );
-    t.bridge.stop().await;
+    t.bridge.stop().await.expect("clean shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,5 +296,5 @@ async fn a_full_memory_store_evicts_the_oldest_commit_and_refuses_when_all_are_i
         CAPACITY + 1,
         "the refused event was not published"
     );
-    t.bridge.stop().await;
+    t.bridge.stop().await.expect("clean shutdown");
 }

@@ -185,7 +185,7 @@ async fn events_are_keyed_partitioned_like_java_and_carry_headers() {
         ),
         6.0
     );
-    bridge.stop().await;
+    bridge.stop().await.expect("clean shutdown");
 }
 
 #[tokio::test]
@@ -222,7 +222,7 @@ async fn binary_mode_headers() {
     let data: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
     assert_eq!(data["helpdesk_id"], "55");
     assert!(data.get("specversion").is_none());
-    bridge.stop().await;
+    bridge.stop().await.expect("clean shutdown");
 }
 
 #[tokio::test]
@@ -243,7 +243,7 @@ async fn missing_topic_is_reported_by_readyz_and_create_topics_creates_it() {
         ready["failed"]["sink"], "kafka: topic lark.helpdesk.ticket.created.v1 missing",
         "{ready}"
     );
-    bridge.stop().await;
+    bridge.stop().await.expect("clean shutdown");
 
     let bridge = Bridge::from_config(kafka_cfg(
         &brokers,
@@ -259,7 +259,7 @@ async fn missing_topic_is_reported_by_readyz_and_create_topics_creates_it() {
     let msgs = consume(&brokers, TOPIC, 4, 1);
     assert_eq!(msgs.len(), 1);
     assert_eq!(msgs[0].partition(), java_partition("9", 4));
-    bridge.stop().await;
+    bridge.stop().await.expect("clean shutdown");
 }
 
 #[tokio::test]
@@ -313,5 +313,5 @@ async fn broker_down_gives_503_without_committing_and_redelivery_publishes() {
         vec![r.event_id.clone()],
         "the event the 503 refused was not committed: it is published now"
     );
-    bridge.stop().await;
+    bridge.stop().await.expect("clean shutdown");
 }

@@ -83,7 +83,7 @@ async fn events_reach_jetstream_with_subject_headers_and_body() {
         metric(&text, "lark_bridge_sink_up", &[("sink", "nats")]),
         1.0
     );
-    bridge.stop().await;
+    bridge.stop().await.expect("clean shutdown");
 }
 
 #[tokio::test]
@@ -115,7 +115,7 @@ async fn binary_mode_puts_attributes_in_headers_and_data_in_the_body() {
         data.get("specversion").is_none(),
         "binary mode carries data only"
     );
-    bridge.stop().await;
+    bridge.stop().await.expect("clean shutdown");
 }
 
 #[tokio::test]
@@ -174,7 +174,7 @@ async fn broker_down_gives_503_and_redelivery_after_restart_is_published_once() 
         "{ids:?}"
     );
     assert_eq!(msgs.len(), 2);
-    bridge.stop().await;
+    bridge.stop().await.expect("clean shutdown");
 }
 
 #[tokio::test]
@@ -213,7 +213,7 @@ async fn stalled_broker_gives_503_within_the_budget() {
         ),
         1.0
     );
-    bridge.stop().await;
+    bridge.stop().await.expect("clean shutdown");
 }
 
 #[tokio::test]
@@ -238,5 +238,5 @@ async fn core_nats_mode_publishes_without_jetstream() {
         m.headers.unwrap().get("Nats-Msg-Id").unwrap().as_str(),
         r.event_id
     );
-    bridge.stop().await;
+    bridge.stop().await.expect("clean shutdown");
 }

@@ -510,204 +510,235 @@ async fn challenge_with_wrong_token_and_no_key_is_401() {
     .await;
 }
 
-// ---------------------------------------------------------------- 400s
+// ---------------------------------------------------------------- refusals (400s, 401s)
 
-#[tokio::test]
-async fn not_json_is_400() {
-    let mut t = start(&[]).await;
-    let r = signed_raw("this is not json", KEY);
-    expect_refused(
-        &mut t,
-        &r,
-        400,
-        "body is not JSON",
-        "bad_request",
-        Some("parse"),
-    )
-    .await;
+/// A request the bridge must refuse: its answer, the outcome counted, the verification
+/// failure reason counted; nothing may be published.
+struct Refusal {
+    case: &'static str,
+    request: fn() -> LarkRequest,
+    status: u16,
+    msg: &'static str,
+    outcome: &'static str,
+    reason: &'static str,
 }
 
-#[tokio::test]
-async fn json_array_is_400() {
-    let mut t = start(&[]).await;
-    let r = signed_raw(r#"[{"encrypt":"x"}]"#, KEY);
-    expect_refused(
-        &mut t,
-        &r,
-        400,
-        "body is not a JSON object",
-        "bad_request",
-        Some("parse"),
-    )
-    .await;
+fn without_header_field(field: &str) -> LarkRequest {
+    let mut plain = ticket_plain("ev_without", "hd");
+    plain["header"].as_object_mut().unwrap().remove(field);
+    encrypted(&plain, KEY)
 }
 
-#[tokio::test]
-async fn unsigned_not_json_is_400_not_401() {
-    let mut t = start(&[]).await;
-    let r = unsigned_raw("{not json");
-    expect_refused(
-        &mut t,
-        &r,
-        400,
-        "body is not JSON",
-        "bad_request",
-        Some("parse"),
-    )
-    .await;
-}
+const REFUSALS: &[Refusal] = &[
+    Refusal {
+        case: "not JSON",
+        request: || signed_raw("this is not json", KEY),
+        status: 400,
+        msg: "body is not JSON",
+        outcome: "bad_request",
+        reason: "parse",
+    },
+    Refusal {
+        case: "a JSON array",
+        request: || signed_raw(r#"[{"encrypt":"x"}]"#, KEY),
+        status: 400,
+        msg: "body is not a JSON object",
+        outcome: "bad_request",
+        reason: "parse",
+    },
+    Refusal {
+        case: "unsigned and not JSON: 400, not 401",
+        request: || unsigned_raw("{not json"),
+        status: 400,
+        msg: "body is not JSON",
+        outcome: "bad_request",
+        reason: "parse",
+    },
+    Refusal {
+        case: "bad base64",
+        request: || signed_raw(r#"{"encrypt":"@@@"}"#, KEY),
+        status: 400,
+        msg: "encrypt is not valid base64",
+        outcome: "bad_request",
+        reason: "decrypt",
+    },
+    Refusal {
+        // K8: K1's ciphertext without its last base64 quantum (28 bytes).
+        case: "ciphertext of a bad length",
+        request: || {
+            signed_raw(
+                r#"{"encrypt":"P37w+VZImNgPEO1RBhJ6RtKl7n6zymIbEG1pReEz"}"#,
+                KEY,
+            )
+        },
+        status: 400,
+        msg: "ciphertext length is invalid",
+        outcome: "bad_request",
+        reason: "decrypt",
+    },
+    Refusal {
+        case: "a ciphertext that is only the IV",
+        request: || signed_raw(r#"{"encrypt":"AAECAwQFBgcICQoLDA0ODw=="}"#, KEY),
+        status: 400,
+        msg: "ciphertext length is invalid",
+        outcome: "bad_request",
+        reason: "decrypt",
+    },
+    Refusal {
+        // Encrypted under another key (fixed IV, so the outcome is deterministic), signed with ours.
+        case: "wrong padding",
+        request: || {
+            let ct = crypto::encrypt(
+                &EncryptKey::new("other key"),
+                IV,
+                &serde_json::to_vec(&ticket_plain("ev_pad", "hd")).unwrap(),
+            );
+            signed_raw(format!(r#"{{"encrypt":"{ct}"}}"#), KEY)
+        },
+        status: 400,
+        msg: "ciphertext padding is invalid",
+        outcome: "bad_request",
+        reason: "decrypt",
+    },
+    Refusal {
+        case: "decrypted bytes that are not JSON",
+        request: || {
+            let ct = crypto::encrypt(&EncryptKey::new(KEY), IV, b"hello world");
+            signed_raw(format!(r#"{{"encrypt":"{ct}"}}"#), KEY)
+        },
+        status: 400,
+        msg: "decrypted bytes are not a JSON object",
+        outcome: "bad_request",
+        reason: "decrypt",
+    },
+    Refusal {
+        case: "an unknown body form",
+        request: || encrypted(&json!({"hello": "world", "token": TOKEN}), KEY),
+        status: 400,
+        msg: "unknown body form: neither a challenge nor a v1/v2 event",
+        outcome: "bad_request",
+        reason: "parse",
+    },
+    Refusal {
+        case: "no event id",
+        request: || without_header_field("event_id"),
+        status: 400,
+        msg: "event_id is missing",
+        outcome: "bad_request",
+        reason: "parse",
+    },
+    Refusal {
+        case: "no event type",
+        request: || without_header_field("event_type"),
+        status: 400,
+        msg: "event type is missing",
+        outcome: "bad_request",
+        reason: "parse",
+    },
+    Refusal {
+        // Order of checks (§6): the token (step 6) is checked before the event id (step 8).
+        case: "no event id and a wrong token: the token wins",
+        request: || {
+            let mut plain = ticket_event("x", "hd", Some("wrong-token"), false);
+            plain["header"].as_object_mut().unwrap().remove("event_id");
+            encrypted(&plain, KEY)
+        },
+        status: 401,
+        msg: "verification token does not match",
+        outcome: "unauthorized",
+        reason: "token",
+    },
+    Refusal {
+        case: "no signature headers",
+        request: || {
+            let mut r = ticket_with_id("ev_unsigned", "hd");
+            r.headers.retain(|(k, _)| !k.starts_with("x-lark-"));
+            r
+        },
+        status: 401,
+        msg: UNSIGNED_MSG,
+        outcome: "unauthorized",
+        reason: "signature",
+    },
+    Refusal {
+        case: "only some signature headers",
+        request: || {
+            let mut r = ticket_with_id("ev_half_signed", "hd");
+            r.headers.retain(|(k, _)| *k != "x-lark-request-nonce");
+            r
+        },
+        status: 401,
+        msg: UNSIGNED_MSG,
+        outcome: "unauthorized",
+        reason: "signature",
+    },
+    Refusal {
+        case: "a signature with another key",
+        request: || {
+            let mut r = ticket_with_id("ev_bad_sig", "hd");
+            let (ts, nonce) = (r.headers[1].1.clone(), r.headers[2].1.clone());
+            assert_eq!(r.headers[3].0, "x-lark-signature");
+            r.headers[3].1 = signature::sign(&ts, &nonce, &EncryptKey::new("other key"), &r.body);
+            r
+        },
+        status: 401,
+        msg: "signature does not match",
+        outcome: "unauthorized",
+        reason: "signature",
+    },
+    Refusal {
+        // Same JSON value, different bytes: the signature is over the raw body.
+        case: "the body re-serialized after signing",
+        request: || {
+            let mut r = ticket_with_id("ev_reserialized", "hd");
+            let v: Value = serde_json::from_slice(&r.body).unwrap();
+            r.body = Bytes::from(serde_json::to_vec_pretty(&v).unwrap());
+            r
+        },
+        status: 401,
+        msg: "signature does not match",
+        outcome: "unauthorized",
+        reason: "signature",
+    },
+    Refusal {
+        case: "a wrong token",
+        request: || {
+            encrypted(
+                &ticket_event("ev_wrong_tok", "hd", Some("wrong-token"), false),
+                KEY,
+            )
+        },
+        status: 401,
+        msg: "verification token does not match",
+        outcome: "unauthorized",
+        reason: "token",
+    },
+    Refusal {
+        case: "no token while one is configured",
+        request: || without_header_field("token"),
+        status: 401,
+        msg: "verification token is missing",
+        outcome: "unauthorized",
+        reason: "token",
+    },
+];
 
 #[tokio::test]
-async fn bad_base64_is_400() {
-    let mut t = start(&[]).await;
-    let r = signed_raw(r#"{"encrypt":"@@@"}"#, KEY);
-    expect_refused(
-        &mut t,
-        &r,
-        400,
-        "encrypt is not valid base64",
-        "bad_request",
-        Some("decrypt"),
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn ciphertext_bad_length_is_400() {
-    let mut t = start(&[]).await;
-    // K8: K1's ciphertext without its last base64 quantum (28 bytes).
-    let r = signed_raw(
-        r#"{"encrypt":"P37w+VZImNgPEO1RBhJ6RtKl7n6zymIbEG1pReEz"}"#,
-        KEY,
-    );
-    expect_refused(
-        &mut t,
-        &r,
-        400,
-        "ciphertext length is invalid",
-        "bad_request",
-        Some("decrypt"),
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn iv_only_ciphertext_is_400() {
-    let mut t = start(&[]).await;
-    let r = signed_raw(r#"{"encrypt":"AAECAwQFBgcICQoLDA0ODw=="}"#, KEY);
-    expect_refused(
-        &mut t,
-        &r,
-        400,
-        "ciphertext length is invalid",
-        "bad_request",
-        Some("decrypt"),
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn wrong_padding_is_400() {
-    let mut t = start(&[]).await;
-    // Encrypted under another key (fixed IV, so the outcome is deterministic), signed with ours.
-    let ct = crypto::encrypt(
-        &EncryptKey::new("other key"),
-        IV,
-        &serde_json::to_vec(&ticket_plain("ev_pad", "hd")).unwrap(),
-    );
-    let r = signed_raw(format!(r#"{{"encrypt":"{ct}"}}"#), KEY);
-    expect_refused(
-        &mut t,
-        &r,
-        400,
-        "ciphertext padding is invalid",
-        "bad_request",
-        Some("decrypt"),
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn decrypted_not_json_is_400() {
-    let mut t = start(&[]).await;
-    let ct = crypto::encrypt(&EncryptKey::new(KEY), IV, b"hello world");
-    let r = signed_raw(format!(r#"{{"encrypt":"{ct}"}}"#), KEY);
-    expect_refused(
-        &mut t,
-        &r,
-        400,
-        "decrypted bytes are not a JSON object",
-        "bad_request",
-        Some("decrypt"),
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn unknown_body_form_is_400() {
-    let mut t = start(&[]).await;
-    let r = encrypted(&json!({"hello": "world", "token": TOKEN}), KEY);
-    expect_refused(
-        &mut t,
-        &r,
-        400,
-        "unknown body form: neither a challenge nor a v1/v2 event",
-        "bad_request",
-        Some("parse"),
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn missing_event_id_is_400() {
-    let mut t = start(&[]).await;
-    let mut plain = ticket_plain("x", "hd");
-    plain["header"].as_object_mut().unwrap().remove("event_id");
-    expect_refused(
-        &mut t,
-        &encrypted(&plain, KEY),
-        400,
-        "event_id is missing",
-        "bad_request",
-        Some("parse"),
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn missing_event_type_is_400() {
-    let mut t = start(&[]).await;
-    let mut plain = ticket_plain("ev_no_type", "hd");
-    plain["header"]
-        .as_object_mut()
-        .unwrap()
-        .remove("event_type");
-    expect_refused(
-        &mut t,
-        &encrypted(&plain, KEY),
-        400,
-        "event type is missing",
-        "bad_request",
-        Some("parse"),
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn missing_event_id_with_wrong_token_is_401() {
-    // Order of checks (§6): the token (step 6) is checked before the event id (step 8).
-    let mut t = start(&[]).await;
-    let mut plain = ticket_event("x", "hd", Some("wrong-token"), false);
-    plain["header"].as_object_mut().unwrap().remove("event_id");
-    expect_refused(
-        &mut t,
-        &encrypted(&plain, KEY),
-        401,
-        "verification token does not match",
-        "unauthorized",
-        Some("token"),
-    )
-    .await;
+async fn every_refusal_gets_its_status_and_message_counts_once_and_publishes_nothing() {
+    for r in REFUSALS {
+        eprintln!("case: {}", r.case);
+        let mut t = start(&[]).await;
+        expect_refused(
+            &mut t,
+            &(r.request)(),
+            r.status,
+            r.msg,
+            r.outcome,
+            Some(r.reason),
+        )
+        .await;
+        t.bridge.stop().await.expect("clean shutdown");
+    }
 }
 
 async fn missing_id_reserves_nothing(field: &str, msg: &str) {
@@ -762,108 +793,6 @@ async fn encrypted_body_without_a_configured_key_is_400() {
     assert_nothing_published(&mut t);
     assert_outcomes(&t, &[("published", 1.0), ("bad_request", 1.0)]);
     assert_failures(&t, &[("parse", 1.0)]);
-}
-
-// ---------------------------------------------------------------- 401s
-
-#[tokio::test]
-async fn missing_signature_headers_is_401() {
-    let mut t = start(&[]).await;
-    let mut r = ticket_with_id("ev_unsigned", "hd");
-    r.headers.retain(|(k, _)| !k.starts_with("x-lark-"));
-    expect_refused(
-        &mut t,
-        &r,
-        401,
-        UNSIGNED_MSG,
-        "unauthorized",
-        Some("signature"),
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn only_some_signature_headers_is_401() {
-    let mut t = start(&[]).await;
-    let mut r = ticket_with_id("ev_half_signed", "hd");
-    r.headers.retain(|(k, _)| *k != "x-lark-request-nonce");
-    expect_refused(
-        &mut t,
-        &r,
-        401,
-        UNSIGNED_MSG,
-        "unauthorized",
-        Some("signature"),
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn wrong_signature_is_401() {
-    let mut t = start(&[]).await;
-    let mut r = ticket_with_id("ev_bad_sig", "hd");
-    let (ts, nonce) = (r.headers[1].1.clone(), r.headers[2].1.clone());
-    assert_eq!(r.headers[3].0, "x-lark-signature");
-    r.headers[3].1 = signature::sign(&ts, &nonce, &EncryptKey::new("other key"), &r.body);
-    expect_refused(
-        &mut t,
-        &r,
-        401,
-        "signature does not match",
-        "unauthorized",
-        Some("signature"),
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn body_changed_after_signing_is_401() {
-    let mut t = start(&[]).await;
-    let r = ticket_with_id("ev_reserialized", "hd");
-    // Same JSON value, different bytes: the signature is over the raw body.
-    let v: Value = serde_json::from_slice(&r.body).unwrap();
-    let mut r2 = r.clone();
-    r2.body = Bytes::from(serde_json::to_vec_pretty(&v).unwrap());
-    expect_refused(
-        &mut t,
-        &r2,
-        401,
-        "signature does not match",
-        "unauthorized",
-        Some("signature"),
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn wrong_token_is_401() {
-    let mut t = start(&[]).await;
-    let plain = ticket_event("ev_wrong_tok", "hd", Some("wrong-token"), false);
-    expect_refused(
-        &mut t,
-        &encrypted(&plain, KEY),
-        401,
-        "verification token does not match",
-        "unauthorized",
-        Some("token"),
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn missing_token_is_401_when_one_is_configured() {
-    let mut t = start(&[]).await;
-    let mut plain = ticket_plain("ev_no_tok", "hd");
-    plain["header"].as_object_mut().unwrap().remove("token");
-    expect_refused(
-        &mut t,
-        &encrypted(&plain, KEY),
-        401,
-        "verification token is missing",
-        "unauthorized",
-        Some("token"),
-    )
-    .await;
 }
 
 #[tokio::test]

@@ -7,9 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lark_bridge::config::{Config, SecretFiles};
+use lark_bridge::config::{Config, SecretFiles, SourceKind};
 use lark_bridge::simulate::{lark_request, ticket_event, LarkRequest};
-use lark_bridge::Components;
+use lark_bridge::{Components, StartError};
 use lark_protocol::crypto::EncryptKey;
 use tokio::sync::oneshot;
 
@@ -225,16 +225,26 @@ pub fn config(pairs: &[(&str, &str)]) -> Config {
     Config::load_from(None, &env, SecretFiles::Read).expect("test config is valid")
 }
 
-/// A bridge running in-process on loopback port 0.
+/// How long the kit waits for a bridge to reach a state before the test fails.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A bridge running in-process, with either entrance and any components: the one launcher
+/// every black-box test uses. In webhook mode it binds the webhook on a free port (`url`); in
+/// long-connection mode there is no webhook listener (`url` is empty) and the bridge dials the
+/// `lark.domain` of its config. The admin listener is always bound (`admin`).
 pub struct Bridge {
+    /// The webhook URL (empty in long-connection mode).
     pub url: String,
+    /// The admin listener's base URL.
     pub admin: String,
+    /// The bridge's metrics, read in-process.
     pub metrics: Arc<lark_bridge::metrics::Metrics>,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), StartError>>>,
 }
 
 impl Bridge {
+    /// Start `cfg`'s entrance over `components`.
     pub async fn start(cfg: Config, components: Components) -> Bridge {
         if let Ok(level) = std::env::var("LARK_BRIDGE_TEST_LOG") {
             lark_bridge::logging::init(&lark_bridge::config::LogConfig {
@@ -242,31 +252,27 @@ impl Bridge {
                 level,
             });
         }
-        let webhook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let webhook = match cfg.source.kind {
+            SourceKind::Webhook => {
+                Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+            }
+            SourceKind::LongConnection => None,
+        };
+        let url = webhook.as_ref().map_or(String::new(), |w| {
+            format!("http://{}{}", w.local_addr().unwrap(), cfg.server.path)
+        });
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!(
-            "http://{}{}",
-            webhook.local_addr().unwrap(),
-            cfg.server.path
-        );
         let admin_url = format!("http://{}", admin.local_addr().unwrap());
         let metrics = components.metrics.clone();
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(async move {
-            lark_bridge::run(
-                cfg,
-                components,
-                lark_bridge::Listeners {
-                    webhook: Some(webhook),
-                    admin,
-                },
-                async move {
-                    let _ = rx.await;
-                },
-            )
-            .await
-            .unwrap();
-        });
+        let task = tokio::spawn(lark_bridge::run(
+            cfg,
+            components,
+            lark_bridge::Listeners { webhook, admin },
+            async move {
+                let _ = rx.await;
+            },
+        ));
         Bridge {
             url,
             admin: admin_url,
@@ -284,33 +290,64 @@ impl Bridge {
         Bridge::start(cfg, c).await
     }
 
-    /// Stop gracefully and wait for the shutdown to finish.
-    pub async fn stop(mut self) {
+    /// Signal shutdown and return what `run` returned (within [`WAIT`]).
+    pub async fn stop(mut self) -> Result<(), StartError> {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
+        match self.task.take() {
+            Some(t) => tokio::time::timeout(WAIT, t)
+                .await
+                .expect("run returns after shutdown")
+                .expect("run did not panic"),
+            None => Ok(()),
+        }
+    }
+
+    /// What `run` returned on its own, without a shutdown signal (a start-up refusal), within
+    /// [`WAIT`].
+    pub async fn exit(mut self) -> Result<(), StartError> {
+        let t = self.task.take().expect("still running");
+        tokio::time::timeout(WAIT, t)
+            .await
+            .expect("run returned by itself")
+            .expect("run did not panic")
+    }
+
+    /// `/readyz`: status and body.
+    pub async fn readyz(&self) -> (u16, serde_json::Value) {
+        match reqwest::get(format!("{}/readyz", self.admin)).await {
+            Ok(r) => (r.status().as_u16(), r.json().await.unwrap_or_default()),
+            Err(_) => (0, serde_json::Value::Null),
+        }
+    }
+
+    /// Poll `/readyz` until its status is `want` and `pred` holds for the body (bounded).
+    pub async fn wait_ready_where(
+        &self,
+        want: u16,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let until = std::time::Instant::now() + WAIT;
+        loop {
+            let (status, body) = self.readyz().await;
+            if status == want && pred(&body) {
+                return body;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "/readyz never answered {want} as wanted; last {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// Poll `/readyz` until its status is `want` (bounded).
     pub async fn wait_ready(&self, want: u16) -> serde_json::Value {
-        let client = reqwest::Client::new();
-        let mut last = serde_json::Value::Null;
-        for _ in 0..200 {
-            if let Ok(r) = client.get(format!("{}/readyz", self.admin)).send().await {
-                let status = r.status().as_u16();
-                last = r.json().await.unwrap_or_default();
-                if status == want {
-                    return last;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("/readyz never answered {want}; last body {last}");
+        self.wait_ready_where(want, |_| true).await
     }
 
+    /// The `/metrics` text, over HTTP as Prometheus reads it.
     pub async fn metrics_text(&self) -> String {
         reqwest::get(format!("{}/metrics", self.admin))
             .await
@@ -318,6 +355,32 @@ impl Bridge {
             .text()
             .await
             .unwrap()
+    }
+
+    /// One series' value, read in-process.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric(&self.metrics.render(), name, labels)
+    }
+
+    /// Metrics have no change signal: poll until `pred` holds for the series (bounded).
+    pub async fn wait_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        pred: impl Fn(f64) -> bool,
+    ) -> f64 {
+        let until = std::time::Instant::now() + WAIT;
+        loop {
+            let v = self.metric(name, labels);
+            if pred(v) {
+                return v;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "{name}{labels:?} stuck at {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
