@@ -12,14 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fake_lark::kit::{config, metric, ticket_with_id, Bridge};
+use fake_lark::kit::{config, metric, ticket_with_id, Bridge, Channeled};
 use fake_lark::sink::ChannelSink;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use lark_bridge::dedup::memory::MemoryStore;
-use lark_bridge::metrics::Metrics;
 use lark_bridge::simulate::LarkRequest;
-use lark_bridge::Components;
 use lark_protocol::event::Outgoing;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -39,20 +37,15 @@ async fn start(pairs: &[(&str, &str)]) -> T {
 /// A bridge over a memory store of `capacity` ids that counts its evictions in the bridge's
 /// metrics, as `Components::from_config` builds it.
 async fn start_with_store(pairs: &[(&str, &str)], capacity: usize) -> (T, Arc<MemoryStore>) {
-    let (sink, rx) = ChannelSink::new();
-    let metrics = Arc::new(Metrics::new(
-        lark_bridge::metrics::Source::Webhook,
-        "channel",
-        "memory",
-    ));
-    let store = MemoryStore::with_evictions(capacity, metrics.evictions_counter());
-    let components = Components {
-        sink: sink.clone(),
-        dedup: store.clone(),
-        metrics,
-    };
-    let bridge = Bridge::start(config(pairs), components).await;
-    (T { bridge, sink, rx }, store)
+    let c = Channeled::with_capacity(config(pairs), capacity).await;
+    (
+        T {
+            bridge: c.bridge,
+            sink: c.sink,
+            rx: c.rx,
+        },
+        c.dedup,
+    )
 }
 
 /// One answer, and how long it took from writing the request.

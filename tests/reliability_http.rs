@@ -2,15 +2,10 @@
 //! runs in-process on port 0 (channel sink, memory store) and raw `TcpStream`s play the client,
 //! so every byte and every pause is under the test's control.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fake_lark::kit::{config, metric, ticket_with_id, Bridge, KEY, TOKEN};
-use fake_lark::sink::ChannelSink;
-use lark_bridge::dedup::memory::MemoryStore;
-use lark_bridge::metrics::Metrics;
+use fake_lark::kit::{config, metric, ticket_with_id, Bridge, Channeled, KEY, TOKEN};
 use lark_bridge::simulate::{lark_request, ticket_event, LarkRequest};
-use lark_bridge::Components;
 use lark_protocol::event::Outgoing;
 use lark_protocol::{signature, EncryptKey};
 use serde_json::Value;
@@ -26,17 +21,7 @@ struct T {
 }
 
 async fn start(pairs: &[(&str, &str)]) -> T {
-    let (sink, rx) = ChannelSink::new();
-    let components = Components {
-        sink,
-        dedup: MemoryStore::new(1000),
-        metrics: Arc::new(Metrics::new(
-            lark_bridge::metrics::Source::Webhook,
-            "channel",
-            "memory",
-        )),
-    };
-    let bridge = Bridge::start(config(pairs), components).await;
+    let Channeled { bridge, rx, .. } = Channeled::start(config(pairs)).await;
     let rest = bridge.url.strip_prefix("http://").unwrap();
     let (addr, path) = rest.split_at(rest.find('/').unwrap());
     T {

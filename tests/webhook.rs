@@ -3,20 +3,14 @@
 //! test asserts what a user can see: the status, the JSON body, what reached the sink and the
 //! metric that moved (lark-protocol.md §6, normalized-schema.md, decisions.md).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fake_lark::kit::{config, metric, ticket_with_id, Bridge, KEY, TOKEN};
-use fake_lark::sink::ChannelSink;
-use lark_bridge::dedup::memory::MemoryStore;
-use lark_bridge::metrics::Metrics;
+use fake_lark::kit::{config, metric, ticket_with_id, Channeled, KEY, TOKEN};
 use lark_bridge::simulate::{challenge_request, lark_request, ticket_event, LarkRequest};
-use lark_bridge::Components;
 use lark_protocol::event::Outgoing;
 use lark_protocol::{crypto, signature, EncryptKey};
 use serde_json::{json, Value};
-use tokio::sync::mpsc::UnboundedReceiver;
 
 const OUTCOMES: [&str; 12] = [
     "published",
@@ -37,37 +31,14 @@ const IV: [u8; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
 const UNSIGNED_MSG: &str = "missing signature headers: only a URL verification may be unsigned";
 
 /// A running bridge and the ends of its ports the tests look at.
-struct T {
-    bridge: Bridge,
-    sink: Arc<ChannelSink>,
-    rx: UnboundedReceiver<Outgoing>,
-    dedup: Arc<MemoryStore>,
-}
+type T = Channeled;
 
 async fn start(pairs: &[(&str, &str)]) -> T {
     start_cfg(config(pairs)).await
 }
 
 async fn start_cfg(cfg: lark_bridge::config::Config) -> T {
-    let (sink, rx) = ChannelSink::new();
-    let dedup = MemoryStore::new(1000);
-    let metrics = Arc::new(Metrics::new(
-        lark_bridge::metrics::Source::Webhook,
-        "channel",
-        "memory",
-    ));
-    let components = Components {
-        sink: sink.clone(),
-        dedup: dedup.clone(),
-        metrics,
-    };
-    let bridge = Bridge::start(cfg, components).await;
-    T {
-        bridge,
-        sink,
-        rx,
-        dedup,
-    }
+    Channeled::start(cfg).await
 }
 
 /// An answer as Lark sees it.

@@ -225,6 +225,53 @@ pub fn config(pairs: &[(&str, &str)]) -> Config {
     Config::load_from(None, &env, SecretFiles::Read).expect("test config is valid")
 }
 
+/// A bridge over the channel sink and a memory store, as most webhook tests want it: what it
+/// published arrives on `rx`, faults are injected through `sink`, reservations are visible in
+/// `dedup`, and the store counts its evictions in the bridge's metrics.
+pub struct Channeled {
+    /// The running bridge.
+    pub bridge: Bridge,
+    /// The sink (delays and failures on cue).
+    pub sink: Arc<crate::sink::ChannelSink>,
+    /// Every published event.
+    pub rx: tokio::sync::mpsc::UnboundedReceiver<lark_protocol::event::Outgoing>,
+    /// The dedup store.
+    pub dedup: Arc<lark_bridge::dedup::memory::MemoryStore>,
+}
+
+impl Channeled {
+    /// Start `cfg` over a channel sink and a memory store of 1000 ids.
+    pub async fn start(cfg: Config) -> Channeled {
+        Self::with_capacity(cfg, 1000).await
+    }
+
+    /// Start `cfg` over a channel sink and a memory store of `capacity` ids.
+    pub async fn with_capacity(cfg: Config, capacity: usize) -> Channeled {
+        let (sink, rx) = crate::sink::ChannelSink::new();
+        let metrics = Arc::new(lark_bridge::metrics::Metrics::new(
+            lark_bridge::metrics_source(cfg.source.kind),
+            "channel",
+            "memory",
+        ));
+        let dedup = lark_bridge::dedup::memory::MemoryStore::with_evictions(
+            capacity,
+            metrics.evictions_counter(),
+        );
+        let components = Components {
+            sink: sink.clone(),
+            dedup: dedup.clone(),
+            metrics,
+        };
+        let bridge = Bridge::start(cfg, components).await;
+        Channeled {
+            bridge,
+            sink,
+            rx,
+            dedup,
+        }
+    }
+}
+
 /// How long the kit waits for a bridge to reach a state before the test fails.
 pub const WAIT: Duration = Duration::from_secs(15);
 
