@@ -11,6 +11,10 @@
 //! worker owns one keep-alive HTTP/1.1 connection (hyper's client connection, no pool, no URL
 //! parsing per request) and keeps its counters to itself until the end; the only shared state
 //! is the atomic index of the next request.
+//!
+//! Over 600 lines on purpose: the request pool, the two transports, the paced and closed-loop
+//! workers and the report are one engine whose parts only make sense together; it is a test
+//! tool, never in the product binary.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

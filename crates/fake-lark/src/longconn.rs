@@ -5,6 +5,10 @@
 //! fragments to one connected client at a time (round robin; Lark picks at random), redelivers
 //! those not answered `200` when asked to, answers pings, and records every reply with the time
 //! it arrived.
+//!
+//! Over 600 lines on purpose: a fake of a whole server (discovery, handshake refusals, the
+//! WebSocket with pings, fragments, redelivery and a recording of every reply) that tests drive
+//! through one `FakeLark` handle; it is a test tool, never in the product binary.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
