@@ -208,6 +208,7 @@ pub fn pipeline(cfg: &Config, c: &Components) -> Arc<Pipeline> {
             ttl: cfg.dedup.ttl,
             forward_unknown: cfg.routing.forward_unknown,
             on_store_error: cfg.dedup.on_store_error,
+            deadletter: cfg.deadletter.enabled,
         },
     )
 }

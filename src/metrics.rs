@@ -53,13 +53,14 @@ pub enum Outcome {
     RequestTimeout,
     Unavailable,
     Overloaded,
+    DeadLettered,
 }
 
 impl Outcome {
     fn index(self) -> usize {
         self as usize
     }
-    pub const ALL: [Outcome; 12] = [
+    pub const ALL: [Outcome; 13] = [
         Outcome::Published,
         Outcome::Duplicate,
         Outcome::Challenge,
@@ -72,6 +73,7 @@ impl Outcome {
         Outcome::RequestTimeout,
         Outcome::Unavailable,
         Outcome::Overloaded,
+        Outcome::DeadLettered,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -87,6 +89,7 @@ impl Outcome {
             Outcome::RequestTimeout => "request_timeout",
             Outcome::Unavailable => "unavailable",
             Outcome::Overloaded => "overloaded",
+            Outcome::DeadLettered => "deadlettered",
         }
     }
 }
@@ -122,6 +125,7 @@ pub struct Metrics {
     pub unverified_mode: IntGauge,
     pub body_bytes: Histogram,
     pub source_info: IntGaugeVec,
+    pub deadletters: IntCounterVec,
     pub longconn: LongConnMetrics,
     /// The series the hot path uses, resolved once for the configured names.
     hot: Hot,
@@ -361,6 +365,7 @@ impl Metrics {
             dedup_commit_failures,
             dedup_lost_races,
             normalize_warnings,
+            deadletters: counter_vec(&r, "lark_bridge_deadletter_total", "Verified events the normalizer refused, published as dead letters, by event type and reason kind.", &["event_type", "reason"]),
             source_info: gauge_vec(
                 &r,
                 "lark_bridge_source_info",
@@ -488,6 +493,10 @@ impl Metrics {
             m.dedup_lost_races.with_label_values(&[backend, op]);
         }
         m.source_info.with_label_values(&[source.as_str()]).set(1);
+        for kind in lark_protocol::normalize::NormalizeError::KINDS {
+            m.deadletters
+                .with_label_values(&[lark_protocol::normalize::TICKET_CREATED, kind]);
+        }
         m.sink_up.with_label_values(&[sink]).set(0);
         m.dedup_store_up.with_label_values(&[backend]).set(0);
         m.build_info
@@ -596,6 +605,20 @@ impl Metrics {
         if let Some(e) = error {
             tracing::warn!(error = %e, sink, "publish failed");
         }
+    }
+
+    /// A verified event the normalizer refused was published as a dead letter: counted by
+    /// event type and reason kind, and logged with the reason.
+    pub fn dead_lettered(
+        &self,
+        event_type: &str,
+        kind: &'static str,
+        reason: &dyn std::fmt::Display,
+    ) {
+        self.deadletters
+            .with_label_values(&[event_type, kind])
+            .inc();
+        tracing::warn!(reason = %reason, reason_kind = kind, "event dead-lettered: the normalizer refused it; redrive it after a fix");
     }
 
     /// The counter the memory store bumps when it evicts a committed id early.

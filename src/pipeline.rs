@@ -15,7 +15,7 @@ use crate::config::OnStoreError;
 use crate::dedup::{DedupStore, Owner, Reservation, Settled};
 use crate::metrics::{DedupResult, Metrics, PublishResult, StoreOp};
 use crate::sink::{PublishErrorKind, Sink};
-use lark_protocol::event::Outgoing;
+use lark_protocol::event::{EventClass, Outgoing};
 use lark_protocol::normalize::{self, NormalizeError};
 use lark_protocol::VerifiedEvent;
 
@@ -30,6 +30,8 @@ pub enum Processed {
     Ignored,
     /// Another event type, published in the raw envelope.
     Forwarded,
+    /// Verified but refused by the normalizer: published as a dead letter.
+    DeadLettered,
 }
 
 /// Why an event was not accepted.
@@ -50,6 +52,8 @@ pub struct PipelineSettings {
     pub ttl: Duration,
     pub forward_unknown: bool,
     pub on_store_error: OnStoreError,
+    /// Publish what the normalizer refuses as a dead letter (else: 400).
+    pub deadletter: bool,
 }
 
 pub struct Pipeline {
@@ -93,18 +97,34 @@ impl Pipeline {
         })
     }
 
-    /// Normalize an event, or decide it is ignored (`Ok(None)`). Pure; counts warnings.
-    pub fn prepare(&self, ev: &VerifiedEvent) -> Result<Option<Outgoing>, PipelineError> {
+    /// Normalize an event, or decide it is ignored (`Ok(None)`). Pure; counts warnings. An
+    /// event the normalizer refuses becomes a dead letter when those are enabled (and the
+    /// refusal comes back with it).
+    pub fn prepare(
+        &self,
+        ev: &VerifiedEvent,
+    ) -> Result<Option<(Outgoing, Option<NormalizeError>)>, PipelineError> {
         let mut warnings = Vec::new();
-        let out = if ev.event_type() == normalize::TICKET_CREATED {
-            normalize::ticket_created::normalize(ev, now_ms(), &mut warnings)?
+        let now = now_ms();
+        let normalized = if ev.event_type() == normalize::TICKET_CREATED {
+            normalize::ticket_created::normalize(ev, now, &mut warnings)
         } else if self.settings.forward_unknown {
-            normalize::raw::normalize(ev, now_ms(), &mut warnings)?
+            normalize::raw::normalize(ev, now, &mut warnings)
         } else {
             return Ok(None);
         };
+        let (out, refused) = match normalized {
+            Ok(out) => (out, None),
+            Err(e) if self.settings.deadletter && e != NormalizeError::Serialize => {
+                warnings.clear();
+                let letter =
+                    normalize::deadletter::normalize(ev, &e.to_string(), now, &mut warnings)?;
+                (letter, Some(e))
+            }
+            Err(e) => return Err(e.into()),
+        };
         self.metrics.normalize_warnings(&warnings);
-        Ok(Some(out))
+        Ok(Some((out, refused)))
     }
 
     /// The whole walk, answered by `deadline`. Runs to completion even if the caller goes away
@@ -114,12 +134,13 @@ impl Pipeline {
         ev: VerifiedEvent,
         deadline: Instant,
     ) -> Result<Processed, PipelineError> {
-        let Some(out) = self.prepare(&ev)? else {
+        let Some((out, refused)) = self.prepare(&ev)? else {
             return Ok(Processed::Ignored);
         };
         let done = match out.class {
-            lark_protocol::event::EventClass::TicketCreated => Processed::Published,
-            lark_protocol::event::EventClass::Raw => Processed::Forwarded,
+            EventClass::TicketCreated => Processed::Published,
+            EventClass::Raw => Processed::Forwarded,
+            EventClass::DeadLetter => Processed::DeadLettered,
         };
         let backend = self.dedup.backend();
 
@@ -216,6 +237,10 @@ impl Pipeline {
             );
             let remaining = deadline.saturating_duration_since(Instant::now());
             let _ = tokio::time::timeout(remaining, commit).await;
+        }
+        if let Some(reason) = refused {
+            self.metrics
+                .dead_lettered(&out.attrs.larkeventtype, reason.kind(), &reason);
         }
         Ok(done)
     }

@@ -5,9 +5,10 @@
 //! offending key.
 //!
 //! One file per section: [`server`] (and `[admin]`), [`lark`], [`source`], [`sink`] (and
-//! `[routing]`), [`dedup`], [`log`]; [`secret`] for secret values, [`template`] for topic and
+//! `[routing]`), [`dedup`], [`deadletter`], [`log`]; [`secret`] for secret values, [`template`] for topic and
 //! subject templates, `units` for the serde helpers.
 
+pub mod deadletter;
 pub mod dedup;
 pub mod lark;
 pub mod log;
@@ -22,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use deadletter::DeadLetterConfig;
 pub use dedup::{
     DedupBackend, DedupConfig, MemoryDedupConfig, NatsDedupConfig, OnStoreError, RedisDedupConfig,
 };
@@ -117,6 +119,8 @@ pub struct Config {
     pub sink: SinkConfig,
     /// `[dedup]`: the dedup store.
     pub dedup: DedupConfig,
+    /// `[deadletter]`: verified events the normalizer refuses.
+    pub deadletter: DeadLetterConfig,
     /// `[log]`: logs.
     pub log: LogConfig,
 }

@@ -96,11 +96,14 @@ pub struct NatsSinkConfig {
     pub subject: Template,
     /// Subject template for raw events. Default `lark.events.raw.v1.{event_type}`.
     pub raw_subject: Template,
+    /// Subject template for dead letters. Default `lark.deadletter.v1.{event_type}`.
+    pub deadletter_subject: Template,
     /// JetStream stream to bind; created if absent. Default `LARK_HELPDESK`.
     pub stream: String,
     /// Create the stream when it does not exist. Default true.
     pub create_stream: bool,
-    /// Subjects of a created stream. Default `lark.helpdesk.>` and `lark.events.raw.v1.>`.
+    /// Subjects of a created stream. Default `lark.helpdesk.>`, `lark.events.raw.v1.>` and
+    /// `lark.deadletter.v1.>`.
     pub stream_subjects: Vec<String>,
     /// `duplicate_window_secs`: duplicate window of a created stream (`Nats-Msg-Id` dedup).
     /// Default 86400, covering Lark's redeliveries up to the 6 h retry with room to spare.
@@ -117,9 +120,14 @@ impl Default for NatsSinkConfig {
             jetstream: true,
             subject: template("lark.helpdesk.ticket.created.v1.{helpdesk_id}"),
             raw_subject: template("lark.events.raw.v1.{event_type}"),
+            deadletter_subject: template("lark.deadletter.v1.{event_type}"),
             stream: "LARK_HELPDESK".into(),
             create_stream: true,
-            stream_subjects: vec!["lark.helpdesk.>".into(), "lark.events.raw.v1.>".into()],
+            stream_subjects: vec![
+                "lark.helpdesk.>".into(),
+                "lark.events.raw.v1.>".into(),
+                "lark.deadletter.v1.>".into(),
+            ],
             duplicate_window: Duration::from_secs(86_400),
             auth: NatsAuth::default(),
         }
@@ -136,6 +144,8 @@ pub struct KafkaSinkConfig {
     pub topic: Template,
     /// Topic template for raw events. Default `lark.events.raw.v1`.
     pub raw_topic: Template,
+    /// Topic template for dead letters. Default `lark.deadletter.v1`.
+    pub deadletter_topic: Template,
     /// Any librdkafka setting (SASL, TLS, linger.ms, …), passed through.
     pub properties: KafkaProperties,
     /// A file of `key=value` lines merged over `properties` (where SASL passwords go).
@@ -154,6 +164,7 @@ impl Default for KafkaSinkConfig {
             brokers: "127.0.0.1:9092".into(),
             topic: template("lark.helpdesk.ticket.created.v1"),
             raw_topic: template("lark.events.raw.v1"),
+            deadletter_topic: template("lark.deadletter.v1"),
             properties: KafkaProperties::default(),
             properties_file: None,
             create_topics: false,

@@ -152,6 +152,7 @@ impl Ending {
             Ending::Accepted(Processed::Duplicate) => Outcome::Duplicate,
             Ending::Accepted(Processed::Ignored) => Outcome::Ignored,
             Ending::Accepted(Processed::Forwarded) => Outcome::Forwarded,
+            Ending::Accepted(Processed::DeadLettered) => Outcome::DeadLettered,
             Ending::Challenge(_) => Outcome::Challenge,
             Ending::Refused(r) => r.outcome(),
         }

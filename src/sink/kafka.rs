@@ -102,7 +102,7 @@ impl KafkaSink {
             let admin: AdminClient<DefaultClientContext> = cc
                 .create()
                 .map_err(|e| format!("cannot create the Kafka admin client: {e}"))?;
-            let names: Vec<String> = [&cfg.topic, &cfg.raw_topic]
+            let names: Vec<String> = [&cfg.topic, &cfg.raw_topic, &cfg.deadletter_topic]
                 .into_iter()
                 .filter(|t| t.is_fixed())
                 .map(|t| t.to_string())
@@ -183,6 +183,7 @@ impl KafkaSink {
         let t = match ev.class {
             EventClass::TicketCreated => &self.cfg.topic,
             EventClass::Raw => &self.cfg.raw_topic,
+            EventClass::DeadLetter => &self.cfg.deadletter_topic,
         };
         render_template(t, &ev.route, kafka_topic_char)
     }

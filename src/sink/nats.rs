@@ -46,7 +46,7 @@ pub fn percent_encode(v: &str) -> String {
 /// The NATS headers of `ev` in `mode` (normalized-schema.md §3; schemas/asyncapi.yaml).
 pub fn headers(ev: &Outgoing, mode: ContentMode) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert("Nats-Msg-Id", ev.attrs.id.as_str());
+    h.insert("Nats-Msg-Id", ev.msg_id().as_ref());
     match mode {
         ContentMode::Structured => {
             // No `ce-` header: the CloudEvents SDKs would take the message for binary mode.
@@ -145,6 +145,7 @@ impl NatsSink {
         let t = match ev.class {
             EventClass::TicketCreated => &self.cfg.subject,
             EventClass::Raw => &self.cfg.raw_subject,
+            EventClass::DeadLetter => &self.cfg.deadletter_subject,
         };
         render_template(t, &ev.route, nats_token_char)
     }

@@ -12,6 +12,8 @@ pub const TICKET_CREATED_SCHEMA: &str = "urn:lark-bridge:schema:helpdesk.ticket.
 pub const RAW_TYPE: &str = "com.larksuite.raw.v1";
 /// `dataschema` of a raw event.
 pub const RAW_SCHEMA: &str = "urn:lark-bridge:schema:raw:v1";
+/// Prefix of a dead letter's broker deduplication id ([`Outgoing::msg_id`]).
+pub const DEADLETTER_ID_PREFIX: &str = "deadletter:";
 /// Content type of a structured-mode CloudEvent (the whole event as JSON).
 pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json; charset=utf-8";
 /// `datacontenttype` of every event, and the content type of binary-mode messages.
@@ -24,6 +26,9 @@ pub enum EventClass {
     TicketCreated,
     /// `com.larksuite.raw.v1`: any other Lark event type.
     Raw,
+    /// `com.larksuite.raw.v1` with a `deadletterreason`: a verified event the normalizer
+    /// refused, kept so it can be redriven once the normalizer is fixed.
+    DeadLetter,
 }
 
 /// CloudEvents context attributes, in the order of normalized-schema.md §1.
@@ -56,6 +61,10 @@ pub struct Attributes {
     pub larkappid: Option<String>,
     /// Extension: Lark's own event type, e.g. `helpdesk.ticket.created_v1`.
     pub larkeventtype: String,
+    /// Extension of dead letters only: why the normalizer refused the event (its message,
+    /// e.g. `helpdesk_id is missing`); omitted on every other event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadletterreason: Option<String>,
 }
 
 impl Attributes {
@@ -77,6 +86,9 @@ impl Attributes {
         }
         if let Some(a) = &self.larkappid {
             v.push(("larkappid", a.as_str()));
+        }
+        if let Some(r) = &self.deadletterreason {
+            v.push(("deadletterreason", r.as_str()));
         }
         v.push(("larkeventtype", self.larkeventtype.as_str()));
         v
@@ -109,6 +121,10 @@ pub struct Outgoing {
     pub structured: Bytes,
     /// `data` alone, JSON (binary mode).
     pub data: Bytes,
+    /// A broker deduplication id to use instead of the derived one ([`Outgoing::msg_id`]):
+    /// `redrive` sets it when it re-files a letter that still fails, so that JetStream does
+    /// not drop the new letter as a copy of the old.
+    pub msg_id_override: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -138,11 +154,25 @@ impl Outgoing {
             route,
             structured: Bytes::from(structured),
             data,
+            msg_id_override: None,
         })
     }
 
     /// The message key: the CloudEvents partition key (helpdesk_id for tickets).
     pub fn key(&self) -> &str {
         &self.attrs.partitionkey
+    }
+
+    /// The broker's deduplication id (`Nats-Msg-Id`): the event id, except for a dead letter,
+    /// whose id is `deadletter:{id}` so that it never collides with the normal publish of the
+    /// same event after a redrive.
+    pub fn msg_id(&self) -> std::borrow::Cow<'_, str> {
+        if let Some(id) = &self.msg_id_override {
+            return id.as_str().into();
+        }
+        match self.class {
+            EventClass::DeadLetter => format!("{DEADLETTER_ID_PREFIX}{}", self.attrs.id).into(),
+            _ => self.attrs.id.as_str().into(),
+        }
     }
 }

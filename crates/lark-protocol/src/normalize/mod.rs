@@ -1,6 +1,7 @@
 //! Lark event → CloudEvent v1 (normalized-schema.md). Pure: no I/O, no clock (the receive time
 //! is passed in). One file per event type; `raw` is the generic envelope for all others.
 
+pub mod deadletter;
 pub mod raw;
 pub mod ticket_created;
 
@@ -25,6 +26,21 @@ pub enum NormalizeError {
     /// The normalized event could not be serialized to JSON.
     #[error("event could not be serialized")]
     Serialize,
+}
+
+impl NormalizeError {
+    /// Every kind, for metric labels created at start.
+    pub const KINDS: [&'static str; 3] = ["missing_ticket_id", "missing_helpdesk_id", "serialize"];
+
+    /// A fixed, small label for the error (`lark_bridge_deadletter_total{reason}`, the
+    /// `--reason` of `lark-bridge redrive`): never free text.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NormalizeError::MissingTicketId => "missing_ticket_id",
+            NormalizeError::MissingHelpdeskId => "missing_helpdesk_id",
+            NormalizeError::Serialize => "serialize",
+        }
+    }
 }
 
 /// `urn:lark:app:{app_id}`, every byte a URN may not hold as such percent-encoded (RFC 8141:
@@ -79,6 +95,7 @@ pub(crate) fn base_attributes(
         larktenantkey: ev.tenant_key().map(str::to_string),
         larkappid: ev.app_id().map(str::to_string),
         larkeventtype: ev.event_type().to_string(),
+        deadletterreason: None,
     }
 }
 

@@ -23,11 +23,23 @@ pub fn normalize(
     received_ms: i64,
     warnings: &mut Warnings,
 ) -> Result<Outgoing, NormalizeError> {
+    envelope(ev, received_ms, warnings, EventClass::Raw, None)
+}
+
+/// The raw envelope as `class`, with `deadletterreason` when given.
+pub(super) fn envelope(
+    ev: &VerifiedEvent,
+    received_ms: i64,
+    warnings: &mut Warnings,
+    class: EventClass,
+    deadletterreason: Option<String>,
+) -> Result<Outgoing, NormalizeError> {
     let mut attrs = base_attributes(ev, received_ms, warnings);
     attrs.ty = RAW_TYPE;
     attrs.dataschema = RAW_SCHEMA;
     attrs.subject = ev.event_type().to_string();
     attrs.partitionkey = ev.tenant_key().unwrap_or(ev.event_type()).to_string();
+    attrs.deadletterreason = deadletterreason;
     let data = RawData {
         schema: ev.schema(),
         event_type: ev.event_type(),
@@ -40,5 +52,5 @@ pub fn normalize(
         tenant_key: ev.tenant_key().map(str::to_string),
         app_id: ev.app_id().map(str::to_string),
     };
-    Outgoing::new(EventClass::Raw, attrs, route, &data).map_err(|_| NormalizeError::Serialize)
+    Outgoing::new(class, attrs, route, &data).map_err(|_| NormalizeError::Serialize)
 }
