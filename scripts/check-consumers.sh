@@ -9,10 +9,14 @@
 #       python-kafka  examples/consumers/python/kafka_consumer.py (cloudevents + confluent-kafka)
 #       node-kafka    examples/consumers/node/kafka-consumer.mjs  (cloudevents + kafkajs)
 #       python-nats   examples/consumers/python/nats_consumer.py  (cloudevents + nats-py)
+#       rust-kafka    examples/consumers/rust/kafka_consumer.rs   (lark-protocol + rdkafka)
+#       rust-nats     examples/consumers/rust/nats_consumer.rs    (lark-protocol + async-nats)
 # Prints one PASS/FAIL line per run and `consumers: N passed, N failed` last; exits non-zero on
 # any failure. Every wait is bounded; every process it started is killed on exit.
 #
 #   LARK_BRIDGE_BIN   the bridge binary (default ${CARGO_TARGET_DIR:-target}/debug/lark-bridge)
+#   RUST_EXAMPLES_DIR the built Rust examples (default: examples/ beside the bridge binary, as
+#                     `cargo build --workspace --bins --examples` leaves them)
 #   CONSUMERS_COUNT   events per run (default 5)
 #   KEEP=1            keep the work directory (logs, consumer output)
 set -uo pipefail
@@ -23,6 +27,8 @@ TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 [[ "$TARGET_DIR" == /* ]] || TARGET_DIR="$ROOT/$TARGET_DIR"
 BIN="${LARK_BRIDGE_BIN:-$TARGET_DIR/debug/lark-bridge}"
 [[ "$BIN" == /* ]] || BIN="$ROOT/$BIN"
+RUST_EXAMPLES="${RUST_EXAMPLES_DIR:-$(dirname "$BIN")/examples}"
+[[ "$RUST_EXAMPLES" == /* ]] || RUST_EXAMPLES="$ROOT/$RUST_EXAMPLES"
 COUNT="${CONSUMERS_COUNT:-5}"
 KEY="consumers-encrypt-key"
 CACHE="${LARK_BRIDGE_CACHE:-$HOME/.cache/lark-bridge}"
@@ -38,6 +44,10 @@ fail_setup() {
 }
 
 [[ -x "$BIN" ]] || fail_setup "no lark-bridge binary at $BIN (cargo build, or set LARK_BRIDGE_BIN)"
+for example in kafka_consumer nats_consumer; do
+    [[ -x "$RUST_EXAMPLES/$example" ]] ||
+        fail_setup "no Rust example $example in $RUST_EXAMPLES (cargo build --examples, or set RUST_EXAMPLES_DIR)"
+done
 bash scripts/ensure-tools.sh >/dev/null || fail_setup "installing nats-server and tansu (scripts/ensure-tools.sh)"
 tools="$(bash scripts/ensure-ecosystem-tools.sh consumers)" || fail_setup "installing the consumers' packages (scripts/ensure-ecosystem-tools.sh consumers)"
 PYTHON="$(sed -n 's/^PYTHON=//p' <<<"$tools")"
@@ -201,6 +211,12 @@ for mode in structured binary; do
     run_consumer "$dir" nats python-nats "$mode" \
         "$PYTHON" "$PY_DIR/nats_consumer.py" --url "nats://127.0.0.1:$NATS_PORT" \
         --durable "example-python-$mode" --count "$COUNT" --timeout "$CONSUMER_TIMEOUT"
+    run_consumer "$dir" kafka rust-kafka "$mode" \
+        "$RUST_EXAMPLES/kafka_consumer" --brokers "127.0.0.1:$KAFKA_PORT" --topic "$TOPIC" \
+        --group "example-rust-$mode" --count "$COUNT" --timeout "$CONSUMER_TIMEOUT"
+    run_consumer "$dir" nats rust-nats "$mode" \
+        "$RUST_EXAMPLES/nats_consumer" --url "nats://127.0.0.1:$NATS_PORT" \
+        --durable "example-rust-$mode" --count "$COUNT" --timeout "$CONSUMER_TIMEOUT"
     stop_all
 done
 

@@ -2,8 +2,9 @@
 # The project as its users run it, with tools nobody on the project wrote (issue 16):
 #   1. asyncapi   the official AsyncAPI parser validates schemas/asyncapi.yaml
 #                 (scripts/check-asyncapi.sh)
-#   2. consumers  the consumer examples (CloudEvents SDKs over confluent-kafka, kafkajs, nats-py)
-#                 read what the bridge publishes to real brokers, both content modes
+#   2. consumers  the consumer examples (CloudEvents SDKs over confluent-kafka, kafkajs, nats-py;
+#                 lark-protocol's typed events over rdkafka and async-nats) read what the bridge
+#                 publishes to real brokers, both content modes
 #                 (scripts/check-consumers.sh)
 #   3. lark-oapi  the official Lark SDK's long-connection client against fake-lark, across a
 #                 restart of fake-lark (scripts/check-lark-oapi.sh)

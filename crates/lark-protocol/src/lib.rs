@@ -9,9 +9,12 @@
 //!   [`frame`] (the protobuf frame) and [`fragments`] (reassembly of split payloads).
 //! - [`normalize`]: a verified Lark event → the CloudEvent v1 of normalized-schema.md, and
 //!   [`event`]: that CloudEvent as published (attributes, serialized bodies, routing values).
+//! - [`consumer`]: the other end — a published message (either content mode, Kafka or NATS)
+//!   read back into a typed [`consumer::CloudEvent`], e.g. [`consumer::TicketCreated`].
 
 #![warn(missing_docs)]
 
+pub mod consumer;
 pub mod crypto;
 pub mod endpoint;
 pub mod envelope;

@@ -2,7 +2,9 @@
 //! (normalized-schema.md §2). Every field is always present; unusable values become `null` or
 //! `"unknown"` rather than failing the event — a ticket is never lost over a bad enum.
 
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{base_attributes, NormalizeError, Warnings};
@@ -10,7 +12,12 @@ use crate::event::{EventClass, Outgoing, RouteVars, TICKET_CREATED_SCHEMA, TICKE
 use crate::{time, VerifiedEvent};
 
 /// The `data` object, v1.
-#[derive(Debug, Serialize, PartialEq)]
+///
+/// Serialized by the normalizer; deserialized by consumers (see [`crate::consumer`]). The enum
+/// labels are [`Cow`]s: the normalizer borrows its `'static` labels (no allocation), a consumer
+/// owns what it read. Unknown keys are ignored, so a consumer built against this version still
+/// reads events that gained fields later in v1.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TicketData {
     /// Lark's `ticket_id`, a number turned into its decimal string.
     pub ticket_id: String,
@@ -19,23 +26,23 @@ pub struct TicketData {
     /// The guest who opened the ticket; `None` when Lark sent no `guest` object.
     pub guest: Option<Guest>,
     /// `bot` or `human`; `unknown` for another or non-numeric code.
-    pub stage: Option<&'static str>,
+    pub stage: Option<Cow<'static, str>>,
     /// Lark's raw `stage` code.
     pub stage_code: Option<i64>,
     /// `created`, `processing`, `queued`, `pending`, `waiting_for_user`, `closed_by_bot`,
     /// `closed_by_agent`, `closed_by_user`; `unknown` for another or non-numeric code.
-    pub status: Option<&'static str>,
+    pub status: Option<Cow<'static, str>>,
     /// Lark's raw `status` code.
     pub status_code: Option<i64>,
     /// `unsatisfied`, `neutral`, `satisfied`, or `unknown`; `None` when not rated (0 or missing).
-    pub score: Option<&'static str>,
+    pub score: Option<Cow<'static, str>>,
     /// Lark's raw `score` code; `None` for 0.
     pub score_code: Option<i64>,
     /// From Lark's `solve`: 1 → false, 2 → true, anything else → `None`.
     pub solved: Option<bool>,
     /// `open_api`, `qr_code`, `share`, `search`; `other` for another integer, `unknown` for a
     /// non-number.
-    pub channel: Option<&'static str>,
+    pub channel: Option<Cow<'static, str>>,
     /// Lark's raw `channel` code.
     pub channel_code: Option<i64>,
     /// RFC 3339 UTC with milliseconds; `None` when absent (≤ 0) or unreadable.
@@ -47,12 +54,13 @@ pub struct TicketData {
     /// The ticket's chat, when sent.
     pub chat_id: Option<String>,
     /// Lark's `customized_fields`, passed through; empty when absent.
+    #[serde(default)]
     pub customized_fields: Vec<CustomizedField>,
 }
 
 /// The ticket's guest, from Lark's `guest.id.*`, `guest.name`, `guest.avatar_url` and
 /// `guest.email`; each `None` when not a string.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Guest {
     /// Lark's `guest.id.open_id`.
     pub open_id: Option<String>,
@@ -69,22 +77,29 @@ pub struct Guest {
 }
 
 /// One item of Lark's `customized_fields`, each member passed through as sent (`null` when
-/// missing).
-#[derive(Debug, Serialize, PartialEq)]
+/// missing; a consumer reads a missing member as `null` too).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CustomizedField {
     /// The field's id.
+    #[serde(default)]
     pub id: Value,
     /// The field's value.
+    #[serde(default)]
     pub value: Value,
     /// The field's key name.
+    #[serde(default)]
     pub key_name: Value,
     /// The field's display name.
+    #[serde(default)]
     pub display_name: Value,
     /// The field's position.
+    #[serde(default)]
     pub position: Value,
     /// Whether the field is required.
+    #[serde(default)]
     pub required: Value,
     /// Whether the field is editable.
+    #[serde(default)]
     pub editable: Value,
 }
 
@@ -109,11 +124,14 @@ fn labelled(
     v: Option<&Value>,
     label: impl Fn(i64) -> Option<&'static str>,
     unknown_int: &'static str,
-) -> (Option<&'static str>, Option<i64>) {
+) -> (Option<Cow<'static, str>>, Option<i64>) {
     match code(v) {
         Code::Missing => (None, None),
-        Code::Int(n) => (Some(label(n).unwrap_or(unknown_int)), Some(n)),
-        Code::NotANumber => (Some("unknown"), None),
+        Code::Int(n) => (
+            Some(Cow::Borrowed(label(n).unwrap_or(unknown_int))),
+            Some(n),
+        ),
+        Code::NotANumber => (Some(Cow::Borrowed("unknown")), None),
     }
 }
 
@@ -335,11 +353,19 @@ mod tests {
     fn score_zero_is_unrated_and_channel_unknown_int_is_other() {
         let (d, _) =
             data(json!({"ticket_id":"1","helpdesk_id":"2","score":0,"channel":5,"solve":"2"}));
-        assert_eq!((d.score, d.score_code), (None, None));
-        assert_eq!((d.channel, d.channel_code), (Some("other"), Some(5)));
+        assert_eq!((d.score.as_deref(), d.score_code), (None, None));
+        assert_eq!(
+            (d.channel.as_deref(), d.channel_code),
+            (Some("other"), Some(5))
+        );
         assert_eq!(d.solved, Some(true));
         let (d, _) = data(json!({"ticket_id":"1","helpdesk_id":"2","channel":"x","score":"x"}));
-        assert_eq!((d.channel, d.channel_code), (Some("unknown"), None));
-        assert_eq!((d.score, d.score_code), (Some("unknown"), None));
+        assert_eq!(
+            (d.channel.as_deref(), d.channel_code),
+            (Some("unknown"), None)
+        );
+        assert_eq!((d.score.as_deref(), d.score_code), (Some("unknown"), None));
+        // The normalizer borrows its labels: no allocation per event.
+        assert!(matches!(d.channel, Some(Cow::Borrowed(_))));
     }
 }
