@@ -12,18 +12,24 @@ WORKDIR /src
 
 # Dependency layer: build the dependencies against dummy sources, so that a change to our
 # code does not rebuild the ~300 crates (and librdkafka) underneath it.
+# The workspace's manifests, and a stub for every target they declare (cargo refuses a
+# manifest whose declared targets are missing); only the service package is built.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src \
- && echo 'fn main() {}' > src/main.rs \
- && : > src/lib.rs \
- && cargo build --release --locked \
- && rm -rf src
+COPY crates/lark-protocol/Cargo.toml crates/lark-protocol/
+COPY crates/fake-lark/Cargo.toml crates/fake-lark/
+RUN mkdir -p src benches examples/consumers/rust crates/lark-protocol/src crates/fake-lark/src/bin \
+ && for f in src/main.rs benches/pure_path.rs examples/consumers/rust/kafka_consumer.rs \
+        examples/consumers/rust/nats_consumer.rs crates/fake-lark/src/bin/fake-lark.rs \
+        crates/fake-lark/src/bin/lark-load.rs; do echo 'fn main() {}' > "$f"; done \
+ && : > src/lib.rs && : > crates/lark-protocol/src/lib.rs && : > crates/fake-lark/src/lib.rs \
+ && cargo build --release --locked -p lark-bridge --bin lark-bridge \
+ && rm -rf src benches examples crates
 
 # The real sources. `touch` makes cargo rebuild our crate even when COPY kept file times
 # older than the dummy build above.
 COPY . .
-RUN touch src/main.rs src/lib.rs \
- && cargo build --release --locked --bin lark-bridge \
+RUN touch src/main.rs src/lib.rs crates/lark-protocol/src/lib.rs \
+ && cargo build --release --locked -p lark-bridge --bin lark-bridge \
  && cp target/release/lark-bridge /usr/local/bin/lark-bridge
 
 # --- runtime stage ----------------------------------------------------------------------
