@@ -441,6 +441,9 @@ tests:
         values: '1x40'
       - series: 'lark_bridge_longconn_connected{job="lark-bridge",instance="a:9090"}'
         values: '0x40'
+      # Pre-created at start, and stays 0 while everything normalizes.
+      - series: 'lark_bridge_deadletter_total{job="lark-bridge",instance="a:9090",event_type="helpdesk.ticket.created_v1",reason="missing_helpdesk_id"}'
+        values: '0x40'
     alert_rule_test:
       - {eval_time: 25m, alertname: LarkBridgeRejectsRising, exp_alerts: []}
       - {eval_time: 25m, alertname: LarkBridgePublishFailures, exp_alerts: []}
@@ -451,6 +454,24 @@ tests:
       - {eval_time: 25m, alertname: LarkBridgeDedupCommitFailures, exp_alerts: []}
       - {eval_time: 25m, alertname: LarkBridgeUnverifiedMode, exp_alerts: []}
       - {eval_time: 25m, alertname: LarkBridgeLongConnectionDown, exp_alerts: []}
+      - {eval_time: 25m, alertname: LarkBridgeDeadLetters, exp_alerts: []}
+  # One dead letter at 10m on instance a: the alert fires at once, for the job, and clears an
+  # hour later. Instance b restarts (a gap, then its pre-created 0 again): no dead letter.
+  - name: a dead letter in the last hour
+    interval: 1m
+    input_series:
+      - series: 'lark_bridge_deadletter_total{job="lark-bridge",instance="a:9090",event_type="helpdesk.ticket.created_v1",reason="missing_helpdesk_id"}'
+        values: '0x9 1x100'
+      - series: 'lark_bridge_deadletter_total{job="lark-bridge",instance="b:9090",event_type="helpdesk.ticket.created_v1",reason="missing_helpdesk_id"}'
+        values: '0x30 _x5 0x70'
+      - series: 'lark_bridge_requests_total{job="lark-bridge",instance="a:9090",source="webhook",outcome="deadlettered"}'
+        values: '0x9 1x100'
+    alert_rule_test:
+      - {eval_time: 5m, alertname: LarkBridgeDeadLetters, exp_alerts: []}
+      - {eval_time: 12m, alertname: LarkBridgeDeadLetters, exp_alerts: [{exp_labels: {severity: warning, job: lark-bridge}}]}
+      - {eval_time: 65m, alertname: LarkBridgeDeadLetters, exp_alerts: [{exp_labels: {severity: warning, job: lark-bridge}}]}
+      - {eval_time: 75m, alertname: LarkBridgeDeadLetters, exp_alerts: []}
+      - {eval_time: 12m, alertname: LarkBridgeRejectsRising, exp_alerts: []}
   - name: publish failures
     interval: 1m
     input_series:
@@ -550,10 +571,11 @@ FIXED = {
     "lark_bridge_sink_up", "lark_bridge_dedup_store_up", "lark_bridge_build_info",
     "lark_bridge_normalize_warnings_total", "lark_bridge_unverified_mode",
     "lark_bridge_longconn_connected", "lark_bridge_source_info",
+    "lark_bridge_deadletter_total",
 }
 HISTOGRAMS = {"lark_bridge_request_duration_seconds", "lark_bridge_publish_duration_seconds",
               "lark_bridge_dedup_store_duration_seconds"}
-OUTCOMES = {"published", "duplicate", "challenge", "ignored", "forwarded", "bad_request", "unauthorized",
+OUTCOMES = {"published", "duplicate", "challenge", "ignored", "forwarded", "deadlettered", "bad_request", "unauthorized",
             "method_not_allowed", "too_large", "request_timeout", "unavailable", "overloaded"}
 errors = []
 def check_expr(where, expr):
@@ -590,7 +612,7 @@ used = {re.sub(r"_(bucket|sum|count)$", "", m) if re.sub(r"_(bucket|sum|count)$"
 for want in ("lark_bridge_requests_total", "lark_bridge_request_duration_seconds", "lark_bridge_verification_failures_total",
              "lark_bridge_publish_total", "lark_bridge_publish_duration_seconds", "lark_bridge_dedup_total",
              "lark_bridge_in_flight_requests", "lark_bridge_sink_up", "lark_bridge_dedup_store_up",
-             "lark_bridge_longconn_connected", "lark_bridge_source_info"):
+             "lark_bridge_longconn_connected", "lark_bridge_source_info", "lark_bridge_deadletter_total"):
     if want not in used:
         errors.append(f"dashboard: no panel shows {want}")
 print("\n".join(errors) or f"{n} alert expressions and {t} dashboard queries use only the fixed metrics")
