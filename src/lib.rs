@@ -22,6 +22,7 @@ pub mod logging;
 pub mod metrics;
 pub mod natsconn;
 pub mod pipeline;
+pub mod redrive;
 pub mod secrets;
 pub mod simulate;
 pub mod sink;

@@ -39,6 +39,10 @@ enum Command {
     /// Smoke-test a deployment: send signed, encrypted ticket.created events as Lark does and
     /// print each answer (exits non-zero unless every answer is 200).
     Simulate(lark_bridge::simulate::SimulateArgs),
+    /// Move dead letters back to their normal destination once the normalizer accepts them;
+    /// re-file those that still fail. Prints one line per letter and the counts; exits
+    /// non-zero on a broker error.
+    Redrive(lark_bridge::redrive::RedriveArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -77,6 +81,24 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Simulate(args) => {
             lark_bridge::simulate::run(args).await?;
+            Ok(())
+        }
+        Command::Redrive(args) => {
+            let cfg = Config::load(cli.config.as_deref(), SecretFiles::Read)?;
+            let c = lark_bridge::redrive::run(&cfg, &args).await?;
+            println!(
+                "read {}, redriven {}, still failing {}, skipped {}, unreadable {}{}",
+                c.read,
+                c.redriven,
+                c.still_failing,
+                c.skipped,
+                c.unreadable,
+                if args.dry_run {
+                    " (dry run: nothing published or acknowledged)"
+                } else {
+                    ""
+                }
+            );
             Ok(())
         }
         Command::Run => {

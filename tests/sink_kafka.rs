@@ -4,12 +4,7 @@
 use std::time::{Duration, Instant};
 
 use fake_lark::kit::*;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
 
 const TOPIC: &str = "lark.helpdesk.ticket.created.v1";
 
@@ -58,70 +53,6 @@ fn murmur2_matches_kafkas_own_test_vectors() {
         -58_897_971
     );
     assert_eq!(murmur2(b"abc"), 479_470_107);
-}
-
-async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
-    let r = admin
-        .create_topics([&t], &AdminOptions::new())
-        .await
-        .unwrap();
-    assert!(r[0].is_ok(), "{r:?}");
-}
-
-/// Read `n` messages from every partition of `topic`, from the beginning (no consumer group).
-fn consume(
-    brokers: &str,
-    topic: &str,
-    partitions: i32,
-    n: usize,
-) -> Vec<rdkafka::message::OwnedMessage> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "lark-bridge-tests")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    c.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let until = Instant::now() + Duration::from_secs(20);
-    while out.len() < n && Instant::now() < until {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-            out.push(m.detach());
-        }
-    }
-    // Anything beyond n would be a duplicate: drain briefly to catch it.
-    let until = Instant::now() + Duration::from_millis(500);
-    while Instant::now() < until {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            out.push(m.detach());
-        }
-    }
-    out
-}
-
-/// The CloudEvent id in a structured message's body.
-fn payload_id(m: &rdkafka::message::OwnedMessage) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(m.payload()?).ok()?;
-    v["id"].as_str().map(str::to_owned)
-}
-
-fn header<'a>(m: &'a rdkafka::message::OwnedMessage, key: &str) -> Option<&'a str> {
-    let h = m.headers()?;
-    (0..h.count())
-        .map(|i| h.get(i))
-        .find(|h| h.key == key)
-        .and_then(|h| h.value)
-        .map(|v| std::str::from_utf8(v).unwrap())
 }
 
 fn kafka_cfg(brokers: &str, extra: &[(&str, &str)]) -> lark_bridge::config::Config {

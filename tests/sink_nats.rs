@@ -3,28 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream;
 use fake_lark::kit::*;
-
-async fn stream_messages(
-    url: &str,
-    stream: &str,
-) -> Vec<async_nats::jetstream::message::StreamMessage> {
-    let client = async_nats::connect(url).await.unwrap();
-    let js = jetstream::new(client);
-    let mut s = js.get_stream(stream).await.unwrap();
-    let info = s.info().await.unwrap().clone();
-    let mut out = Vec::new();
-    for seq in info.state.first_sequence..=info.state.last_sequence {
-        if info.state.messages == 0 {
-            break;
-        }
-        if let Ok(m) = s.get_raw_message(seq).await {
-            out.push(m);
-        }
-    }
-    out
-}
 
 fn nats_cfg(nats: &Proc, extra: &[(&str, &str)]) -> lark_bridge::config::Config {
     let url = nats.url("nats");

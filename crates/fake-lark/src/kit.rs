@@ -5,12 +5,19 @@ use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use async_nats::jetstream;
 use lark_bridge::config::{Config, SecretFiles, SourceKind};
 use lark_bridge::simulate::{lark_request, ticket_event, LarkRequest};
 use lark_bridge::{Components, StartError};
 use lark_protocol::crypto::EncryptKey;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::oneshot;
 
 pub const KEY: &str = "test key";
@@ -539,4 +546,91 @@ pub fn plain_event(body: &[u8]) -> Result<lark_protocol::VerifiedEvent, String> 
         Ok(lark_protocol::Inbound::Challenge(_)) => Err("a URL verification, not an event".into()),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// Every message of a JetStream stream, in order (read by sequence; no consumer).
+pub async fn stream_messages(
+    url: &str,
+    stream: &str,
+) -> Vec<async_nats::jetstream::message::StreamMessage> {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = jetstream::new(client);
+    let mut s = js.get_stream(stream).await.unwrap();
+    let info = s.info().await.unwrap().clone();
+    let mut out = Vec::new();
+    for seq in info.state.first_sequence..=info.state.last_sequence {
+        if info.state.messages == 0 {
+            break;
+        }
+        if let Ok(m) = s.get_raw_message(seq).await {
+            out.push(m);
+        }
+    }
+    out
+}
+
+/// Create `topic` with `partitions` partitions (tansu never auto-creates topics).
+pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+    let r = admin
+        .create_topics([&t], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(r[0].is_ok(), "{r:?}");
+}
+
+/// Read `n` messages from every partition of `topic`, from the beginning (no consumer group).
+pub fn consume(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    n: usize,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "lark-bridge-tests")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let until = Instant::now() + Duration::from_secs(20);
+    while out.len() < n && Instant::now() < until {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            out.push(m.detach());
+        }
+    }
+    // Anything beyond n would be a duplicate: drain briefly to catch it.
+    let until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < until {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            out.push(m.detach());
+        }
+    }
+    out
+}
+
+/// The CloudEvent id in a structured message's body.
+pub fn payload_id(m: &rdkafka::message::OwnedMessage) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(m.payload()?).ok()?;
+    v["id"].as_str().map(str::to_owned)
+}
+
+/// A Kafka header's value as UTF-8.
+pub fn header<'a>(m: &'a rdkafka::message::OwnedMessage, key: &str) -> Option<&'a str> {
+    let h = m.headers()?;
+    (0..h.count())
+        .map(|i| h.get(i))
+        .find(|h| h.key == key)
+        .and_then(|h| h.value)
+        .map(|v| std::str::from_utf8(v).unwrap())
 }

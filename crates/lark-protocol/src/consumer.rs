@@ -88,6 +88,9 @@ pub struct CloudEvent<D> {
     pub larkappid: Option<String>,
     /// Extension: Lark's own event type, e.g. `helpdesk.ticket.created_v1`.
     pub larkeventtype: String,
+    /// Extension of dead letters: why the normalizer refused the event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadletterreason: Option<String>,
     /// The event's data, e.g. [`TicketData`].
     pub data: D,
 }
@@ -198,6 +201,7 @@ impl<D: DeserializeOwned> CloudEvent<D> {
             larkappid: attribute("larkappid"),
             larkeventtype: attribute("larkeventtype")
                 .ok_or(ConsumeError::MissingAttribute("larkeventtype"))?,
+            deadletterreason: attribute("deadletterreason"),
             data: serde_json::from_slice(data)?,
         })
     }
