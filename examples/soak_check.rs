@@ -3,7 +3,10 @@
 //!
 //! Usage:
 //!   soak_check nats  NATS_URL STREAM         ACKED_IDS_FILE
-//!   soak_check kafka BROKERS  TOPIC PARTITIONS ACKED_IDS_FILE
+//!   soak_check kafka BROKERS  TOPIC[,TOPIC…] PARTITIONS ACKED_IDS_FILE
+//!
+//! Dead letters count as present under their event id (NATS: `Nats-Msg-Id` `deadletter:{id}`;
+//! Kafka: pass the dead-letter topic as a second topic).
 //!
 //! Prints one JSON object: `in_broker` (messages), `distinct`, `duplicates` (messages beyond
 //! the first per id), `acked`, `lost` (acked ids not in the broker) and up to ten lost and
@@ -25,7 +28,11 @@ async fn main() {
         Some("nats") if args.len() == 4 => (nats_ids(&args[1], &args[2]).await, &args[3]),
         Some("kafka") if args.len() == 5 => {
             let partitions: i32 = args[3].parse().expect("PARTITIONS is a number");
-            (kafka_ids(&args[1], &args[2], partitions), &args[4])
+            let ids = args[2]
+                .split(',')
+                .flat_map(|topic| kafka_ids(&args[1], topic, partitions))
+                .collect();
+            (ids, &args[4])
         }
         _ => {
             eprintln!(
@@ -80,6 +87,10 @@ async fn nats_ids(url: &str, stream: &str) -> Vec<String> {
                     .and_then(|h| h.get("Nats-Msg-Id"))
                     .map(|v| v.as_str().to_string())
                     .unwrap_or_default();
+                let id = id
+                    .strip_prefix("deadletter:")
+                    .map(str::to_string)
+                    .unwrap_or(id);
                 ids.push(id);
             }
             Ok(Some(Err(e))) => eprintln!("soak_check: {e}"),
@@ -95,7 +106,8 @@ async fn nats_ids(url: &str, stream: &str) -> Vec<String> {
 }
 
 /// Every message of every partition of the topic, from the beginning to the high watermark
-/// (partitions assigned by hand: no consumer group); the id is the `ce_id` header.
+/// (partitions assigned by hand: no consumer group); the id is the `ce_id` header in binary
+/// mode, else the structured body's `id`.
 fn kafka_ids(brokers: &str, topic: &str, partitions: i32) -> Vec<String> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -129,6 +141,10 @@ fn kafka_ids(brokers: &str, topic: &str, partitions: i32) -> Vec<String> {
                     .find(|h| h.key == "ce_id")
                     .and_then(|h| h.value)
                     .map(|v| String::from_utf8_lossy(v).into_owned())
+            })
+            .or_else(|| {
+                let v: serde_json::Value = serde_json::from_slice(m.payload()?).ok()?;
+                v["id"].as_str().map(str::to_string)
             })
             .unwrap_or_default();
         ids.push(id);

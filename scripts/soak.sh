@@ -18,6 +18,8 @@
 #                 (uses the debug build the test command already made, unless
 #                 SOAK_PROFILE=release)
 #   --rate R      new events per second (default 100; retries come on top)
+#   --bad-share F share of events (0–1, default 0.05) without a helpdesk_id: verified but
+#                 refused by the normalizer, so they must end up as dead letters (issue 17)
 #   --keep        keep the work directory (logs, acked ids, reports)
 #
 # tansu stores in memory only (no persistent engine in the build we use), so with the Kafka
@@ -30,6 +32,7 @@ MINUTES=3
 SINK=nats
 SHORT=0
 RATE=100
+BAD_SHARE=0.05
 KEEP=0
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -37,6 +40,7 @@ while [ $# -gt 0 ]; do
         --sink) SINK="$2"; shift 2 ;;
         --short) SHORT=1; shift ;;
         --rate) RATE="$2"; shift 2 ;;
+        --bad-share) BAD_SHARE="$2"; shift 2 ;;
         --keep) KEEP=1; shift ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
         *) echo "soak: unknown argument $1" >&2; exit 2 ;;
@@ -177,7 +181,7 @@ log "load: ${RATE} events/s for ${LOAD_SECS} s through 2 replicas, sink $SINK, d
 "$LOAD" --url "http://127.0.0.1:$LB_PORT/webhook/event" \
     --encrypt-key "$KEY" --token "$TOKEN" \
     --rate "$RATE" --duration "${LOAD_SECS}s" --concurrency "$CONCURRENCY" \
-    --retry-ms "$RETRY_MS" --timeout-ms 3000 \
+    --retry-ms "$RETRY_MS" --timeout-ms 3000 --unnormalizable-share "$BAD_SHARE" \
     --acked-ids-file "$WORK/acked.txt" --json >"$WORK/simulate.json" 2>"$WORK/simulate.err" &
 PID[simulate]=$!
 SIM=${PID[simulate]}
@@ -241,7 +245,7 @@ for r in a b; do curl -s "http://127.0.0.1:${ADMIN[$r]}/metrics" >"$WORK/metrics
 if [ "$SINK" = nats ]; then
     "$CHECK" nats "nats://127.0.0.1:$BROKER_PORT" LARK_HELPDESK "$WORK/acked.txt" >"$WORK/check.json"
 else
-    "$CHECK" kafka "127.0.0.1:$BROKER_PORT" lark.helpdesk.ticket.created.v1 3 "$WORK/acked.txt" >"$WORK/check.json"
+    "$CHECK" kafka "127.0.0.1:$BROKER_PORT" lark.helpdesk.ticket.created.v1,lark.deadletter.v1 3 "$WORK/acked.txt" >"$WORK/check.json"
 fi
 
 python3 - "$WORK/simulate.json" "$WORK/check.json" "$SINK" "$LOAD_SECS" "$n" "$PROFILE" "$WORK" <<'EOF'

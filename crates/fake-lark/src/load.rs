@@ -59,6 +59,10 @@ pub struct LoadArgs {
     /// Send every event this many times (redeliveries of the same event id).
     #[arg(long, default_value_t = 1)]
     pub copies: u32,
+    /// This share of the events (0–1) lacks its `helpdesk_id`: genuinely Lark's but refused by
+    /// the normalizer, so the bridge dead-letters them (the fault soak checks none is lost).
+    #[arg(long, default_value_t = 0.0)]
+    pub unnormalizable_share: f64,
     /// Requests in flight at once (load mode when > 1).
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
@@ -103,7 +107,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// A new ticket event request with a fresh id.
 pub fn new_ticket_request(args: &LoadArgs, key: Option<&EncryptKey>) -> LarkRequest {
     let id = random_hex::<16>();
-    let plain = ticket_event(&id, &args.helpdesk_id, args.token.as_deref(), args.legacy);
+    let mut plain = ticket_event(&id, &args.helpdesk_id, args.token.as_deref(), args.legacy);
+    if args.unnormalizable_share > 0.0 && rand::random::<f64>() < args.unnormalizable_share {
+        if let Some(event) = plain["event"].as_object_mut() {
+            event.remove("helpdesk_id");
+        }
+    }
     lark_request(&id, &serde_json::to_vec(&plain).unwrap_or_default(), key)
 }
 
