@@ -4,6 +4,8 @@
 #   decrypt    lark::crypto::decrypt_json over arbitrary base64, ciphertext and keys
 #   signature  lark::signature::verify against an independent reading of the rule
 #   normalize  envelope detection + normalize::{ticket_created, raw} of arbitrary JSON
+#   frame      the long connection's frame decoder, replies and fragment reassembly (issue 15)
+#   client_config  ClientConfig from pongs and discovery answers, and every duration derived
 #
 # Usage: scripts/fuzz.sh [SECONDS] [TARGET...]   each target for SECONDS (default 60)
 #        scripts/fuzz.sh --smoke                 a few seconds each (CI; < 2 min when warm)
@@ -28,7 +30,7 @@ for a in "$@"; do
         *) TARGETS+=("$a") ;;
     esac
 done
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(verify decrypt signature normalize)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(verify decrypt signature normalize frame client_config)
 
 CACHE="${LARK_BRIDGE_CACHE:-$HOME/.cache/lark-bridge}"
 FUZZ_ROOT="$CACHE/cargo-fuzz"
@@ -60,7 +62,7 @@ root = pathlib.Path(sys.argv[1])
 vec = json.load(open("tests/fixtures/lark-push.json"))
 golden = [p.read_bytes() for p in sorted(pathlib.Path("tests/golden").glob("*.json"))]
 plains = golden + [v["plaintext"].encode() for v in vec["decrypt"]]
-seeds = {t: [] for t in ("verify", "decrypt", "signature", "normalize")}
+seeds = {t: [] for t in ("verify", "decrypt", "signature", "normalize", "frame", "client_config")}
 # verify: FLAGS TS \n NONCE \n SIG \n BODY (flags: 1 keys, 2 tokens, 4 valid signature,
 # 8 given signature, 12 timestamp only, 16 encrypt the body, 32 skew check).
 for p in plains:
@@ -84,6 +86,23 @@ for p in plains:
             seeds["normalize"].append(json.dumps(ev).encode())
     except (ValueError, AttributeError):
         pass
+# frame: the known-answer frames of lark-longconn.md §5 (an event reply, a ping) and a fragment.
+seeds["frame"].append(bytes.fromhex(
+    "0807100918f681801020012a0d0a047479706512056576656e742a130a0a6d6573736167655f696412056d73675f31"
+    "2a080a0373756d1201312a080a037365711201302a100a0874726163655f6964120474725f312a0b0a0662697a5f72"
+    "7412013332003a0042277b22636f6465223a3230302c2268656164657273223a6e756c6c2c2264617461223a6e756c"
+    "6c7d4a00"))
+seeds["frame"].append(bytes.fromhex("0800100018f681801020002a0c0a0474797065120470696e6732003a004a00"))
+def pb_str(tag, s):
+    return bytes([tag << 3 | 2, len(s)]) + s
+hdr = lambda k, v: pb_str(5, pb_str(1, k) + pb_str(2, v))
+seeds["frame"].append(b"\x08\x01\x10\x02\x18\x03\x20\x01" + hdr(b"type", b"event") + hdr(b"message_id", b"m\n\x1b[31m")
+                      + hdr(b"sum", b"2") + hdr(b"seq", b"1") + pb_str(8, b"{}"))
+# client_config: FAILURES UNIT JSON, with Lark's values and the hostile ones of issue 15.
+for j in (b'{"ReconnectCount":-1,"ReconnectInterval":120,"ReconnectNonce":30,"PingInterval":120}',
+          b'{"PingInterval":9223372036854775807,"ReconnectInterval":0,"ReconnectNonce":0}',
+          b'{"PingInterval":4e18,"ReconnectCount":"3","ReconnectInterval":-1e300}', b'{}'):
+    seeds["client_config"].append(b"\x03\x80" + j)
 # Past crashes, kept in the repository (fuzz/seeds/TARGET/), so each run re-checks them first.
 for t in seeds:
     for p in sorted(pathlib.Path("fuzz/seeds", t).glob("*")):

@@ -189,10 +189,11 @@ pub struct LongConnMetrics {
     pub ping_rtt: Histogram,
 }
 
-pub const RECONNECT_REASONS: [&str; 6] = [
+pub const RECONNECT_REASONS: [&str; 7] = [
     "closed",
     "read_error",
     "pong_timeout",
+    "write_stalled",
     "discovery_failed",
     "handshake_failed",
     "server_error",

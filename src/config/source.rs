@@ -50,6 +50,15 @@ pub struct LongConnConfig {
     /// `fragment_timeout_secs`: incomplete fragmented messages are dropped after this long.
     #[serde(rename = "fragment_timeout_secs", with = "units::secs")]
     pub fragment_timeout: Duration,
+    /// `reconnect_min_secs`: the floor of every wait between connection attempts, whatever
+    /// Lark's `ReconnectInterval` / `ReconnectNonce` say (at least 1), so that a peer answering
+    /// 0 cannot make us dial in a tight loop.
+    #[serde(rename = "reconnect_min_secs", with = "units::secs")]
+    pub reconnect_min: Duration,
+    /// `reconnect_max_secs`: the ceiling of the exponential backoff between failed attempts
+    /// (the wait doubles from `max(reconnect_interval, reconnect_min)` per failure in a row).
+    #[serde(rename = "reconnect_max_secs", with = "units::secs")]
+    pub reconnect_max: Duration,
 }
 
 impl Default for LongConnConfig {
@@ -61,6 +70,8 @@ impl Default for LongConnConfig {
             ping_interval: Duration::from_secs(120),
             pong_timeout: Duration::ZERO,
             fragment_timeout: Duration::from_secs(5),
+            reconnect_min: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(300),
         }
     }
 }
@@ -72,7 +83,53 @@ impl SourceConfig {
                 self.long_connection.ping_interval.as_secs(),
                 "source.long_connection.ping_interval_secs",
             )?;
+            let lc = &self.long_connection;
+            positive(
+                lc.reconnect_min.as_secs(),
+                "source.long_connection.reconnect_min_secs",
+            )?;
+            if lc.reconnect_max < lc.reconnect_min {
+                return Err(ConfigError::invalid(
+                    "source.long_connection.reconnect_max_secs",
+                    "must be at least source.long_connection.reconnect_min_secs",
+                ));
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lc(min: u64, max: u64) -> SourceConfig {
+        SourceConfig {
+            kind: SourceKind::LongConnection,
+            long_connection: LongConnConfig {
+                reconnect_min: Duration::from_secs(min),
+                reconnect_max: Duration::from_secs(max),
+                ..LongConnConfig::default()
+            },
+        }
+    }
+
+    #[test]
+    fn the_reconnect_floor_is_positive_and_below_the_ceiling() {
+        let d = LongConnConfig::default();
+        assert_eq!(
+            (d.reconnect_min, d.reconnect_max),
+            (Duration::from_secs(1), Duration::from_secs(300))
+        );
+        assert!(lc(1, 300).validate().is_ok());
+        assert!(lc(5, 5).validate().is_ok());
+        let e = lc(0, 300).validate().unwrap_err().to_string();
+        assert!(e.contains("reconnect_min_secs"), "{e}");
+        let e = lc(10, 5).validate().unwrap_err().to_string();
+        assert!(e.contains("reconnect_max_secs"), "{e}");
+        // Webhook mode does not care.
+        let mut w = lc(0, 0);
+        w.kind = SourceKind::Webhook;
+        assert!(w.validate().is_ok());
     }
 }

@@ -4,7 +4,10 @@
 //! (`GET /ws/v2`, which can refuse the handshake as Lark does). It delivers events whole or in
 //! fragments to one connected client at a time (round robin; Lark picks at random), redelivers
 //! those not answered `200` when asked to, answers pings, and records every reply with the time
-//! it arrived.
+//! it arrived. It can also play a hostile or broken Lark (issue 15): a discovery answer that
+//! redirects elsewhere or never ends, a `ClientConfig` with absurd values, a peer that never
+//! reads what the bridge writes; [`RequestRecorder`] is the "elsewhere" that records what
+//! reaches it.
 //!
 //! Over 600 lines on purpose: a fake of a whole server (discovery, handshake refusals, the
 //! WebSocket with pings, fragments, redelivery and a recording of every reply) that tests drive
@@ -12,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -64,6 +68,14 @@ pub struct Behaviour {
     pub redeliver_after: Option<Duration>,
     /// Sends per event, first one included.
     pub max_attempts: u32,
+    /// Answer discovery with `307 Temporary Redirect` to this URL (a hostile or hijacked
+    /// endpoint: a client that follows it replays the App Secret there).
+    pub discovery_redirect: Option<String>,
+    /// Answer discovery `200` with a body of this many bytes (streamed, never all in memory).
+    pub discovery_body_bytes: Option<u64>,
+    /// Read what the client sends on connections made from now on; `false` plays a peer that
+    /// never reads (the client's writes back up).
+    pub read_frames: bool,
 }
 
 impl Default for Behaviour {
@@ -79,6 +91,9 @@ impl Default for Behaviour {
             service_id: 33554678,
             redeliver_after: None,
             max_attempts: 5,
+            discovery_redirect: None,
+            discovery_body_bytes: None,
+            read_frames: true,
         }
     }
 }
@@ -153,6 +168,8 @@ struct Shared {
     inner: Mutex<Inner>,
     /// Bumped on every change, so waiters wake on signals instead of polling.
     version: watch::Sender<u64>,
+    /// Bytes of oversized discovery bodies handed to the socket so far.
+    body_bytes_sent: Arc<AtomicU64>,
     addr: SocketAddr,
     stop: CancellationToken,
 }
@@ -188,6 +205,7 @@ impl FakeLark {
                 ..Inner::default()
             }),
             version,
+            body_bytes_sent: Arc::default(),
             addr,
             stop: CancellationToken::new(),
         });
@@ -233,6 +251,11 @@ impl FakeLark {
     }
     pub fn refused_handshakes(&self) -> u64 {
         self.shared.lock().refused_handshakes
+    }
+    /// Bytes of [`Behaviour::discovery_body_bytes`] bodies the client pulled so far (plus at
+    /// most one chunk on its way).
+    pub fn discovery_body_bytes_sent(&self) -> u64 {
+        self.shared.body_bytes_sent.load(Ordering::Relaxed)
     }
     pub fn pings(&self) -> u64 {
         self.shared.lock().pings
@@ -519,6 +542,18 @@ async fn endpoint(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
     g.discovery_calls += 1;
     let b = g.behaviour.clone();
     let answer = match req {
+        _ if b.discovery_redirect.is_some() => {
+            let to = b.discovery_redirect.clone().unwrap_or_default();
+            (
+                StatusCode::TEMPORARY_REDIRECT,
+                [(axum::http::header::LOCATION, to)],
+            )
+                .into_response()
+        }
+        _ if b.discovery_body_bytes.is_some() => huge_body(
+            b.discovery_body_bytes.unwrap_or(0),
+            s.body_bytes_sent.clone(),
+        ),
         _ if b.discovery_status != 200 => {
             let status =
                 StatusCode::from_u16(b.discovery_status).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -556,6 +591,97 @@ async fn endpoint(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
     drop(g);
     s.bump();
     answer
+}
+
+/// A `200` discovery answer of `total` bytes that looks like the start of a good one, made
+/// 64 KiB at a time as the client pulls it (so the fake never holds it), counting what went out.
+fn huge_body(total: u64, sent: Arc<AtomicU64>) -> Response {
+    const CHUNK: usize = 64 * 1024;
+    let head = Bytes::from_static(br#"{"code":0,"msg":""#);
+    let stream = futures::stream::unfold(0u64, move |done| {
+        let sent = sent.clone();
+        let head = head.clone();
+        async move {
+            if done >= total {
+                return None;
+            }
+            let n = (total - done).min(CHUNK as u64);
+            let chunk = if done == 0 {
+                let mut v = head.to_vec();
+                v.resize(n as usize, b'x');
+                Bytes::from(v)
+            } else {
+                Bytes::from(vec![b'x'; n as usize])
+            };
+            sent.fetch_add(n, Ordering::Relaxed);
+            Some((Ok::<_, std::convert::Infallible>(chunk), done + n))
+        }
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// A plain TCP listener that records every byte sent to it, one entry per connection: the
+/// "other host" a hostile redirect points at.
+pub struct RequestRecorder {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Vec<u8>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RequestRecorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RequestRecorder {
+    pub async fn start() -> std::io::Result<RequestRecorder> {
+        let l = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = l.local_addr()?;
+        let seen: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let s = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut sock, _)) = l.accept().await {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let i = {
+                        let mut g = s.lock().unwrap_or_else(|p| p.into_inner());
+                        g.push(Vec::new());
+                        g.len() - 1
+                    };
+                    // Until the client pauses (it waits for our answer) or closes.
+                    let mut buf = [0u8; 4096];
+                    let idle = Duration::from_millis(300);
+                    while let Ok(Ok(n)) = tokio::time::timeout(idle, sock.read(&mut buf)).await {
+                        if n == 0 {
+                            break;
+                        }
+                        s.lock().unwrap_or_else(|p| p.into_inner())[i].extend_from_slice(&buf[..n]);
+                    }
+                    let _ = sock
+                        .write_all(
+                            b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n",
+                        )
+                        .await;
+                });
+            }
+        });
+        Ok(RequestRecorder { addr, seen, task })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// What each connection sent, in order.
+    pub fn requests(&self) -> Vec<Vec<u8>> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 fn refuse(status: u16, autherrcode: Option<i64>, msg: &str) -> Response {
@@ -604,11 +730,12 @@ async fn ws_handshake(
     g.next_conn += 1;
     let conn = g.next_conn;
     let device_id = q.get("device_id").cloned().unwrap_or_default();
+    let read = g.behaviour.read_frames;
     drop(g);
-    ws.on_upgrade(move |socket| serve_conn(s, socket, conn, device_id))
+    ws.on_upgrade(move |socket| serve_conn(s, socket, conn, device_id, read))
 }
 
-async fn serve_conn(s: Arc<Shared>, socket: WebSocket, conn: u64, device_id: String) {
+async fn serve_conn(s: Arc<Shared>, socket: WebSocket, conn: u64, device_id: String, read: bool) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::unbounded_channel();
     s.lock().conns.insert(
@@ -636,7 +763,7 @@ async fn serve_conn(s: Arc<Shared>, socket: WebSocket, conn: u64, device_id: Str
                     break;
                 }
             },
-            msg = stream.next() => match msg {
+            msg = stream.next(), if read => match msg {
                 Some(Ok(Message::Binary(b))) => on_client_frame(&s, &tx, conn, &device_id, &b),
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                 Some(Ok(_)) => {}

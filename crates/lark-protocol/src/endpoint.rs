@@ -14,66 +14,184 @@ pub const CODE_INTERNAL: i64 = 1000040343;
 /// Discovery or handshake `code`: more than 50 connections for the app (client error, stop).
 pub const CODE_CONNECTION_LIMIT: i64 = 1000040350;
 
+/// The range each setting is held to, whatever Lark (or the config) says: a peer that sends
+/// `PingInterval` 9223372036854775807 must not overflow a `Duration` or an `Instant`, and one
+/// that sends `ReconnectInterval` 0 must not make us dial in a tight loop (the floor and the
+/// backoff of [`Settings::retry_delay`] see to that). Lark's own values (120 s, 30 s) sit well
+/// inside.
+pub mod bounds {
+    /// Seconds between pings.
+    pub const PING_INTERVAL_SECS: (i64, i64) = (1, 3_600);
+    /// Seconds between reconnect attempts (before the floor and backoff).
+    pub const RECONNECT_INTERVAL_SECS: (i64, i64) = (0, 3_600);
+    /// Seconds of jitter before the first reconnect attempt.
+    pub const RECONNECT_NONCE_SECS: (i64, i64) = (0, 600);
+    /// Reconnect attempts; any negative value means forever and is held as -1.
+    pub const RECONNECT_COUNT: (i64, i64) = (-1, 1_000_000);
+    /// Longest pong timeout, configured or derived (3 × the longest ping interval).
+    pub const PONG_TIMEOUT_SECS: u64 = 3 * PING_INTERVAL_SECS.1 as u64;
+    /// Largest reconnect backoff, whatever the config says.
+    pub const RECONNECT_MAX_SECS: u64 = 3_600;
+}
+
+fn secs_in(v: i64, (lo, hi): (i64, i64)) -> Duration {
+    Duration::from_secs(v.clamp(lo, hi) as u64)
+}
+
 /// The settings Lark controls: from the config at start, then replaced by the latest endpoint
-/// response or pong that carries a `ClientConfig`.
+/// response or pong that carries a `ClientConfig`. Every value is held inside [`bounds`], so no
+/// arithmetic on them can overflow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {
-    /// Reconnect attempts after a failure; negative = forever.
+    /// Reconnect attempts after a failure; -1 = forever.
     pub reconnect_count: i64,
-    /// Wait between reconnect attempts after a retryable failure (fixed, no backoff).
+    /// Base wait between reconnect attempts after a retryable failure (then the floor and the
+    /// exponential backoff of [`Settings::retry_delay`] apply).
     pub reconnect_interval: Duration,
     /// Jitter before the first reconnect attempt: uniform in `[0, nonce)`.
     pub reconnect_nonce: Duration,
-    /// Interval between pings on an open connection.
+    /// Interval between pings.
     pub ping_interval: Duration,
 }
 
 impl Settings {
-    /// Take Lark's values. A field Lark leaves out keeps its current value (rather than the
-    /// Go SDK's zero), and a ping interval that is not positive is ignored: pinging in a
-    /// tight loop would help nobody.
+    /// Settings from configured values, clamped to [`bounds`].
+    pub fn new(
+        reconnect_count: i64,
+        reconnect_interval: Duration,
+        reconnect_nonce: Duration,
+        ping_interval: Duration,
+    ) -> Settings {
+        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        Settings {
+            reconnect_count: reconnect_count
+                .clamp(bounds::RECONNECT_COUNT.0, bounds::RECONNECT_COUNT.1),
+            reconnect_interval: secs_in(secs(reconnect_interval), bounds::RECONNECT_INTERVAL_SECS),
+            reconnect_nonce: secs_in(secs(reconnect_nonce), bounds::RECONNECT_NONCE_SECS),
+            ping_interval: secs_in(secs(ping_interval), bounds::PING_INTERVAL_SECS),
+        }
+    }
+
+    /// Take Lark's values, each clamped to [`bounds`]. A field Lark leaves out keeps its
+    /// current value (rather than the Go SDK's zero), and a ping interval that is not positive
+    /// is ignored: pinging in a tight loop would help nobody.
     pub fn apply(&mut self, c: &ClientConfig) {
         if let Some(n) = c.reconnect_count {
-            self.reconnect_count = n;
+            self.reconnect_count = n.clamp(bounds::RECONNECT_COUNT.0, bounds::RECONNECT_COUNT.1);
         }
         if let Some(s) = c.reconnect_interval {
-            self.reconnect_interval = Duration::from_secs(s.max(0) as u64);
+            self.reconnect_interval = secs_in(s, bounds::RECONNECT_INTERVAL_SECS);
         }
         if let Some(s) = c.reconnect_nonce {
-            self.reconnect_nonce = Duration::from_secs(s.max(0) as u64);
+            self.reconnect_nonce = secs_in(s, bounds::RECONNECT_NONCE_SECS);
         }
         if let Some(s) = c.ping_interval.filter(|s| *s > 0) {
-            self.ping_interval = Duration::from_secs(s as u64);
+            self.ping_interval = secs_in(s, bounds::PING_INTERVAL_SECS);
         }
     }
 
     /// How long without a pong before the connection counts as dead: `pong_timeout_secs` when
-    /// set, else 3 × the ping interval, at least 10 s (our rule, §4).
+    /// set, else 3 × the ping interval, at least 10 s (our rule, §4); never more than
+    /// [`bounds::PONG_TIMEOUT_SECS`].
     pub fn pong_timeout(&self, configured_secs: u64) -> Duration {
-        if configured_secs > 0 {
+        let d = if configured_secs > 0 {
             Duration::from_secs(configured_secs)
         } else {
-            (self.ping_interval * 3).max(Duration::from_secs(10))
-        }
+            self.ping_interval
+                .saturating_mul(3)
+                .max(Duration::from_secs(10))
+        };
+        d.min(Duration::from_secs(bounds::PONG_TIMEOUT_SECS))
+    }
+
+    /// The wait before the next attempt after `failures` failures in a row (≥ 1): the larger of
+    /// `ReconnectInterval` and `floor`, doubled per further failure, capped at `ceiling`, then
+    /// jittered into its upper half by `unit` (uniform in `[0, 1)`) so that replicas do not
+    /// redial in step — and never below `floor`, whatever Lark sent. Lark's rule (§6) is a
+    /// fixed interval; ours keeps a peer that answers `ReconnectInterval` 0 and then fails
+    /// every dial from turning us into a discovery storm.
+    pub fn retry_delay(
+        &self,
+        failures: u32,
+        floor: Duration,
+        ceiling: Duration,
+        unit: f64,
+    ) -> Duration {
+        let ceiling = ceiling
+            .min(Duration::from_secs(bounds::RECONNECT_MAX_SECS))
+            .max(floor);
+        let base = self.reconnect_interval.max(floor);
+        let factor = 1u32 << failures.saturating_sub(1).min(20);
+        let d = base.saturating_mul(factor).min(ceiling);
+        let unit = if unit.is_finite() {
+            unit.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        d.mul_f64(0.5 + unit / 2.0).max(floor).min(ceiling)
+    }
+
+    /// The wait before the first attempt after a connection that had been up: a random part of
+    /// `ReconnectNonce` (§6, by `unit` in `[0, 1)`), at least `floor`.
+    pub fn first_delay(&self, floor: Duration, unit: f64) -> Duration {
+        let unit = if unit.is_finite() {
+            unit.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        self.reconnect_nonce.mul_f64(unit).max(floor)
     }
 }
 
 /// Lark's `ClientConfig` object (seconds), in the endpoint response and in pong payloads.
+/// Each field is read leniently (an integer, a float or a numeric string, saturated to `i64`;
+/// anything else counts as absent), so a strange value is clamped rather than failing the whole
+/// answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ClientConfig {
     /// `ReconnectCount`: reconnect attempts after a failure; negative = forever.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_i64",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub reconnect_count: Option<i64>,
     /// `ReconnectInterval`: seconds to wait between reconnect attempts.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_i64",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub reconnect_interval: Option<i64>,
     /// `ReconnectNonce`: upper bound, in seconds, of the random wait before the first reconnect.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_i64",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub reconnect_nonce: Option<i64>,
     /// `PingInterval`: seconds between pings.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_i64",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ping_interval: Option<i64>,
+}
+
+/// A number as Lark might write it: `120`, `1.2e2`, `"120"`, or one past `i64` (saturated).
+fn lenient_i64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(match v {
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_u64().map(|_| i64::MAX))
+            // `as` saturates; JSON has no NaN or infinity.
+            .or_else(|| n.as_f64().map(|f| f as i64)),
+        serde_json::Value::String(s) => s.trim().parse::<i64>().ok(),
+        _ => None,
+    })
 }
 
 impl ClientConfig {
@@ -164,13 +282,38 @@ pub fn discovery_body(app_id: &str, app_secret: &str) -> serde_json::Value {
     serde_json::json!({ "AppID": app_id, "AppSecret": app_secret })
 }
 
-/// Text from Lark, cut short enough for a log line and a readiness reason.
-fn clip(s: &str) -> String {
-    let s = s.trim();
-    match s.char_indices().nth(200) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_string(),
+/// Text from a peer made fit for a log line, an error or a readiness reason: at most 200
+/// characters (then `…`), with every control character (newlines, `ESC` of ANSI sequences,
+/// …), bidi override and backslash escaped as `\u{…}` / `\\`, so that no value a peer
+/// chose can forge a log line or repaint a terminal.
+pub fn printable(s: &str) -> String {
+    printable_max(s, 200)
+}
+
+/// [`printable`] with its own length limit, in characters.
+pub fn printable_max(s: &str, max_chars: usize) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len().min(max_chars) + 2);
+    for (i, c) in s.chars().enumerate() {
+        if i == max_chars {
+            out.push('…');
+            break;
+        }
+        match c {
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control()
+                || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+            {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
     }
+    out
+}
+
+fn clip(s: &str) -> String {
+    printable(s.trim())
 }
 
 /// Read a discovery answer (HTTP status and body) per the table of §2.
@@ -255,7 +398,8 @@ fn connection_ids(raw: &str) -> Result<(String, i32), ConnectError> {
     let mut service_id = None;
     for (k, v) in url.query_pairs() {
         match k.as_ref() {
-            "device_id" if !v.is_empty() => device_id = Some(v.into_owned()),
+            // Only ever logged: escaped once here.
+            "device_id" if !v.is_empty() => device_id = Some(printable_max(&v, 128)),
             "service_id" => service_id = v.parse::<i32>().ok(),
             _ => {}
         }
@@ -463,5 +607,112 @@ mod tests {
         assert_eq!(s.ping_interval, Duration::from_secs(2));
         assert_eq!(ClientConfig::from_pong(b""), None);
         assert_eq!(ClientConfig::from_pong(b"garbage"), None);
+    }
+
+    /// Issue 15 item 10: values that once overflowed a `Duration` (and panicked) are clamped.
+    #[test]
+    fn any_value_lark_sends_is_clamped_and_no_arithmetic_overflows() {
+        let mut s = Settings::new(
+            -1,
+            Duration::from_secs(120),
+            Duration::from_secs(30),
+            Duration::from_secs(120),
+        );
+        for body in [
+            r#"{"PingInterval":9223372036854775807,"ReconnectInterval":9223372036854775807,"ReconnectNonce":9223372036854775807,"ReconnectCount":9223372036854775807}"#,
+            r#"{"PingInterval":4e18,"ReconnectInterval":1e300,"ReconnectNonce":-1e300,"ReconnectCount":-9223372036854775808}"#,
+            r#"{"PingInterval":18446744073709551615,"ReconnectInterval":"99999999999999999999","ReconnectNonce":"7","ReconnectCount":[1]}"#,
+        ] {
+            let cc = ClientConfig::from_pong(body.as_bytes()).expect(body);
+            s.apply(&cc);
+            assert!(
+                s.ping_interval >= Duration::from_secs(1)
+                    && s.ping_interval <= Duration::from_secs(3600),
+                "{s:?}"
+            );
+            assert!(s.reconnect_interval <= Duration::from_secs(3600), "{s:?}");
+            assert!(s.reconnect_nonce <= Duration::from_secs(600), "{s:?}");
+            assert!((-1..=1_000_000).contains(&s.reconnect_count), "{s:?}");
+            let now = std::time::Instant::now();
+            let _ = now + s.ping_interval + s.pong_timeout(0) + s.pong_timeout(u64::MAX);
+            let _ = now + s.retry_delay(u32::MAX, Duration::from_secs(1), Duration::MAX, 0.99);
+        }
+        assert_eq!(
+            s.reconnect_nonce,
+            Duration::from_secs(7),
+            "a numeric string is read"
+        );
+        // The same values in the discovery answer parse, and are clamped when applied.
+        let e = parse_discovery(
+            200,
+            &ok_body(
+                URL,
+                r#"{"PingInterval":9223372036854775807,"ReconnectInterval":4e18}"#,
+            ),
+        )
+        .unwrap();
+        let mut s2 = s;
+        s2.apply(&e.client_config.unwrap());
+        assert_eq!(s2.ping_interval, Duration::from_secs(3600));
+        let huge = Settings::new(i64::MAX, Duration::MAX, Duration::MAX, Duration::MAX);
+        assert_eq!(huge.ping_interval, Duration::from_secs(3600));
+        assert_eq!(huge.pong_timeout(0), Duration::from_secs(3 * 3600));
+    }
+
+    /// Issue 15 item 14: a floor and exponential backoff with jitter, whatever Lark sends.
+    #[test]
+    fn retries_back_off_exponentially_from_a_floor() {
+        let floor = Duration::from_secs(1);
+        let ceiling = Duration::from_secs(300);
+        let mut s = Settings::new(-1, Duration::ZERO, Duration::ZERO, Duration::from_secs(120));
+        // ReconnectInterval 0: the floor, then doubling, jitter in the upper half.
+        let top: Vec<u64> = (1..=12)
+            .map(|n| s.retry_delay(n, floor, ceiling, 0.999_999).as_secs())
+            .collect();
+        assert_eq!(top, [1, 1, 3, 7, 15, 31, 63, 127, 255, 299, 299, 299]);
+        let low: Vec<u64> = (1..=4)
+            .map(|n| s.retry_delay(n, floor, ceiling, 0.0).as_millis() as u64)
+            .collect();
+        assert_eq!(low, [1000, 1000, 2000, 4000]);
+        assert_eq!(s.first_delay(floor, 0.0), floor);
+        // Lark's 120 s: 60–120 s, then 120–240 s, then capped at 300 s.
+        s.apply(&ClientConfig {
+            reconnect_interval: Some(120),
+            ..Default::default()
+        });
+        assert_eq!(
+            s.retry_delay(1, floor, ceiling, 0.0),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            s.retry_delay(3, floor, ceiling, 0.0),
+            Duration::from_secs(150)
+        );
+        assert_eq!(
+            s.retry_delay(u32::MAX, floor, ceiling, f64::NAN),
+            Duration::from_secs(150)
+        );
+        // A ceiling below the floor cannot undercut it.
+        assert_eq!(
+            s.retry_delay(9, Duration::from_secs(5), Duration::ZERO, 0.5),
+            Duration::from_secs(5)
+        );
+    }
+
+    #[test]
+    fn text_from_a_peer_is_printable() {
+        assert_eq!(printable("msg_1"), "msg_1");
+        assert_eq!(
+            printable("a\nINFO forged\r\u{1b}[31mred\\u{7f}\u{202e}"),
+            "a\\u{a}INFO forged\\u{d}\\u{1b}[31mred\\\\u{7f}\\u{202e}"
+        );
+        assert_eq!(printable_max("abcdef", 3), "abc…");
+        assert!(!printable(&"\u{1b}".repeat(10_000)).contains('\u{1b}'));
+        let ep = parse_discovery(
+            200,
+            &ok_body("wss://x/ws/v2?device_id=d%0Aforged%1B&service_id=1", "null"),
+        )
+        .unwrap();
+        assert_eq!(ep.device_id, "d\\u{a}forged\\u{1b}");
     }
 }

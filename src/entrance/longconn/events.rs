@@ -4,12 +4,13 @@
 
 use std::time::Instant;
 
-use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::{Conn, Out};
+use super::{Conn, NotQueued, Out, Outbox};
 use crate::entrance::{finish, rejected, walk, Ending, Refusal};
+use crate::logging::warn_limited;
 use crate::metrics::Source;
+use lark_protocol::endpoint::printable_max;
 use lark_protocol::fragments::Added;
 use lark_protocol::frame::Frame;
 use lark_protocol::{FailReason, VerifiedEvent};
@@ -29,15 +30,15 @@ impl Conn<'_> {
         let started = Instant::now();
         let lc = self.lc;
         let m = &lc.metrics;
-        let trace_id = frame.header("trace_id").unwrap_or("").to_string();
         let message_id = frame.header("message_id").unwrap_or("").to_string();
+        // Peer-chosen text: escaped and clipped before it reaches a log line (issue 15 item 16).
         let span = tracing::info_span!(
             parent: None,
             "event",
             source = "long_connection",
             device_id = %self.ep.device_id,
-            trace_id = %trace_id,
-            message_id = %message_id,
+            trace_id = %printable_max(frame.header("trace_id").unwrap_or(""), 128),
+            message_id = %printable_max(&message_id, 128),
             event_id = tracing::field::Empty,
             event_type = tracing::field::Empty,
         );
@@ -56,6 +57,19 @@ impl Conn<'_> {
                 }
                 _ => Added::Invalid("fragment without message_id or numeric seq"),
             };
+            // Older incomplete messages that made room for this one (the bound on ids,
+            // bytes and messages held).
+            let evicted = self.fragments.take_evicted();
+            if evicted > 0 {
+                m.longconn
+                    .fragments
+                    .with_label_values(&["dropped_size"])
+                    .inc_by(evicted as u64);
+                warn_limited!(
+                    messages = evicted,
+                    "incomplete fragmented messages dropped to make room for newer ones"
+                );
+            }
             match added {
                 Added::Complete(p) => {
                     m.longconn.fragments.with_label_values(&["assembled"]).inc();
@@ -67,7 +81,7 @@ impl Conn<'_> {
                         .fragments
                         .with_label_values(&["dropped_size"])
                         .inc();
-                    span.in_scope(|| tracing::warn!(limit = lc.opts.limits.max_body_bytes, "fragmented message dropped: fragments held would exceed server.max_body_bytes"));
+                    span.in_scope(|| warn_limited!(limit = lc.opts.limits.max_body_bytes, "fragmented message dropped: fragments held would exceed server.max_body_bytes"));
                     // No reply: the message never completed; Lark redelivers it.
                     finish(
                         m,
@@ -81,7 +95,7 @@ impl Conn<'_> {
                 }
                 Added::Invalid(msg) => {
                     m.verification_failed(FailReason::Parse);
-                    span.in_scope(|| tracing::warn!(error = msg, "fragment refused"));
+                    span.in_scope(|| warn_limited!(error = msg, "fragment refused"));
                     self.reply_now(&frame, Refusal::Unreadable(msg).into(), started, &span);
                     return;
                 }
@@ -91,7 +105,7 @@ impl Conn<'_> {
         };
         if payload.len() > lc.opts.limits.max_body_bytes {
             span.in_scope(|| {
-                tracing::warn!(
+                warn_limited!(
                     bytes = payload.len(),
                     "event payload larger than server.max_body_bytes"
                 )
@@ -103,7 +117,7 @@ impl Conn<'_> {
         let ev = match VerifiedEvent::from_long_connection(&payload) {
             Ok(ev) => ev,
             Err(rej) => {
-                span.in_scope(|| tracing::warn!(error = %rej, "event refused"));
+                span.in_scope(|| warn_limited!(error = %rej, "event refused"));
                 self.reply_now(&frame, rejected(m, rej).into(), started, &span);
                 return;
             }
@@ -112,7 +126,7 @@ impl Conn<'_> {
         span.record("event_type", ev.event_type());
         let Some(permit) = lc.admission.try_admit() else {
             span.in_scope(|| {
-                tracing::warn!(
+                warn_limited!(
                     "too many events in flight (server.max_in_flight); Lark will redeliver"
                 )
             });
@@ -130,10 +144,10 @@ impl Conn<'_> {
                     walk(&pipeline, &metrics, ev, deadline, tracing::Span::current()).await;
                 match &ending {
                     Ending::Refused(r) if r.is_final() => {
-                        tracing::warn!(error = %r, "event refused")
+                        warn_limited!(error = %r, "event refused")
                     }
                     Ending::Refused(r) => {
-                        tracing::warn!(error = %r, "event not accepted; Lark will redeliver")
+                        warn_limited!(error = %r, "event not accepted; Lark will redeliver")
                     }
                     _ => {}
                 }
@@ -168,13 +182,16 @@ impl Conn<'_> {
     }
 }
 
-fn send_reply(tx: &mpsc::UnboundedSender<Out>, frame: &Frame, code: u16, started: Instant) {
+fn send_reply(tx: &Outbox, frame: &Frame, code: u16, started: Instant) {
     let biz_rt = started.elapsed().as_millis() as u64;
     let bytes = Frame::reply(frame, code, biz_rt).to_bytes();
-    if tx.send(Out::Reply { bytes, code }).is_err() {
-        tracing::debug!(
+    match tx.send(Out::Reply { bytes, code }) {
+        Ok(()) => {}
+        // The read loop drops the connection and says why, once.
+        Err(NotQueued::Full) => tracing::debug!(code, "outgoing queue full; reply dropped"),
+        Err(NotQueued::Closed) => tracing::debug!(
             code,
             "connection gone before the reply; Lark will redeliver"
-        );
+        ),
     }
 }

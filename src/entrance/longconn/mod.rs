@@ -10,6 +10,7 @@
 
 mod events;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,13 +26,14 @@ use tracing::Instrument;
 use crate::config::{Config, Limits, LongConnConfig, Secret};
 use crate::entrance::Admission;
 use crate::health::Health;
+use crate::logging::warn_limited;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::secrets::redact_url;
 use crate::StartError;
 use lark_protocol::endpoint::{
-    classify_handshake, discovery_body, parse_discovery, ClientConfig, ConnectError, Endpoint,
-    RetryReason, Settings,
+    classify_handshake, discovery_body, parse_discovery, printable_max, ClientConfig, ConnectError,
+    Endpoint, RetryReason, Settings,
 };
 use lark_protocol::fragments::Reassembler;
 use lark_protocol::frame::{Frame, FrameType, METHOD_CONTROL, METHOD_DATA};
@@ -44,6 +46,20 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Room for the frame's own fields on top of the largest payload accepted.
 const FRAME_OVERHEAD: usize = 64 * 1024;
+/// The largest discovery answer read (Lark's is about 500 bytes): a peer answering with
+/// hundreds of MiB must not have them buffered (issue 15 item 15).
+const MAX_DISCOVERY_BYTES: usize = 64 * 1024;
+/// Bound on what waits to be written, in bytes and in frames. Replies echo the received
+/// frame's headers, so a peer that sends large frames and never reads would otherwise grow
+/// the queue without bound (issue 15 item 12); past either bound the connection is dropped.
+/// A real backlog (a thousand replies of a few hundred bytes) is far below both.
+const OUT_QUEUE_BYTES: usize = 8 << 20;
+const OUT_QUEUE_FRAMES: usize = 4096;
+/// A single write that cannot finish for this long means the peer stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that stayed up this long resets the reconnect backoff; one lost sooner counts
+/// as a failure, so a peer that accepts and drops at once is backed off too.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -107,6 +123,8 @@ enum Lost {
     Closed,
     ReadError,
     PongTimeout,
+    /// The peer stopped reading: the outgoing queue filled up or a write timed out.
+    WriteStalled,
 }
 
 impl Lost {
@@ -115,6 +133,7 @@ impl Lost {
             Lost::Closed => "closed",
             Lost::ReadError => "read_error",
             Lost::PongTimeout => "pong_timeout",
+            Lost::WriteStalled => "write_stalled",
         }
     }
 }
@@ -125,6 +144,75 @@ enum Out {
     Reply { bytes: Vec<u8>, code: u16 },
 }
 
+impl Out {
+    fn len(&self) -> usize {
+        match self {
+            Out::Ping(b) | Out::Reply { bytes: b, .. } => b.len(),
+        }
+    }
+}
+
+/// Why a frame could not be queued.
+#[derive(Debug, PartialEq, Eq)]
+enum NotQueued {
+    /// The queue is at its bound: the connection is being dropped.
+    Full,
+    /// The writer is gone (the connection ended).
+    Closed,
+}
+
+/// The sending side of a connection's bounded outgoing queue, shared by the read loop (pings)
+/// and the event tasks (replies). Full → `stalled` is cancelled and the read loop drops the
+/// connection: waiting could only hold replies Lark will never read.
+#[derive(Clone)]
+struct Outbox {
+    tx: mpsc::Sender<Out>,
+    bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
+    stalled: CancellationToken,
+}
+
+impl Outbox {
+    fn new(max_bytes: usize, max_frames: usize) -> (Outbox, mpsc::Receiver<Out>) {
+        let (tx, rx) = mpsc::channel(max_frames.max(1));
+        let outbox = Outbox {
+            tx,
+            bytes: Arc::new(AtomicUsize::new(0)),
+            max_bytes,
+            stalled: CancellationToken::new(),
+        };
+        (outbox, rx)
+    }
+
+    fn send(&self, out: Out) -> Result<(), NotQueued> {
+        let n = out.len();
+        let before = self.bytes.fetch_add(n, Ordering::AcqRel);
+        if before + n > self.max_bytes {
+            self.bytes.fetch_sub(n, Ordering::AcqRel);
+            self.stalled.cancel();
+            return Err(NotQueued::Full);
+        }
+        match self.tx.try_send(out) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.bytes.fetch_sub(n, Ordering::AcqRel);
+                match e {
+                    mpsc::error::TrySendError::Full(_) => {
+                        self.stalled.cancel();
+                        Err(NotQueued::Full)
+                    }
+                    mpsc::error::TrySendError::Closed(_) => Err(NotQueued::Closed),
+                }
+            }
+        }
+    }
+
+    /// Bytes queued or being written.
+    fn queued_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
+    }
+}
+
 impl LongConn {
     pub fn new(
         cfg: &Config,
@@ -133,8 +221,11 @@ impl LongConn {
         health: Arc<Health>,
     ) -> Result<LongConn, StartError> {
         let opts = Options::from_config(cfg)?;
+        // Discovery carries the App Secret: never follow a redirect, or a 307 would replay the
+        // POST body to whatever host it names (issue 15 item 11). A 3xx is a failed attempt.
         let http = reqwest::Client::builder()
             .timeout(ATTEMPT_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(StartError::HttpClient)?;
         health.set("lark", Some("not connected to lark yet".into()));
@@ -171,16 +262,19 @@ impl LongConn {
 
     async fn run_until(&self, stop: &CancellationToken) -> Result<(), StartError> {
         let t = &self.opts.timings;
-        let mut settings = Settings {
-            reconnect_count: t.reconnect_count,
-            reconnect_interval: t.reconnect_interval,
-            reconnect_nonce: t.reconnect_nonce,
-            ping_interval: t.ping_interval,
-        };
+        let mut settings = Settings::new(
+            t.reconnect_count,
+            t.reconnect_interval,
+            t.reconnect_nonce,
+            t.ping_interval,
+        );
         let mut ever_connected = false;
+        // Failures in a row (failed attempts, and connections lost before STABLE_AFTER): what
+        // the backoff doubles on.
+        let mut failures: u32 = 0;
         loop {
             let attempt = self
-                .connect_round(&mut settings, !ever_connected, stop)
+                .connect_round(&mut settings, !ever_connected, &mut failures, stop)
                 .await;
             let (ws, endpoint) = match attempt {
                 Attempt::Connected(ws, ep) => (ws, ep),
@@ -198,10 +292,16 @@ impl LongConn {
             };
             ever_connected = true;
             let span = tracing::info_span!("long_connection", device_id = %endpoint.device_id);
+            let up_since = Instant::now();
             let lost = self
                 .serve(*ws, &endpoint, &mut settings, stop)
                 .instrument(span)
                 .await;
+            failures = if up_since.elapsed() >= STABLE_AFTER {
+                0
+            } else {
+                failures.saturating_add(1)
+            };
             self.metrics.longconn.connected.set(0);
             let Some(lost) = lost else {
                 return Ok(());
@@ -222,26 +322,40 @@ impl LongConn {
         }
     }
 
-    /// Connect, retrying per §6: at start one attempt first; after a lost connection (or that
-    /// first failure) a random wait in `[0, ReconnectNonce)`, then attempts `ReconnectInterval`
-    /// apart, at most `ReconnectCount` of them (forever when negative). Every attempt does
-    /// discovery again: the credentials live in the URL.
+    /// Connect, retrying per §6 with our floor and backoff: at start one attempt first; after a
+    /// lost connection (or that first failure) a wait — a random part of `ReconnectNonce` after
+    /// a connection that had been up a while, else the backoff — then attempts spaced by
+    /// [`Settings::retry_delay`] (from `ReconnectInterval`, at least `reconnect_min_secs`,
+    /// doubling per failure up to `reconnect_max_secs`, jittered), at most `ReconnectCount` of
+    /// them (forever when negative). Every attempt does discovery again: the credentials live
+    /// in the URL.
     async fn connect_round(
         &self,
         settings: &mut Settings,
         at_start: bool,
+        failures: &mut u32,
         stop: &CancellationToken,
     ) -> Attempt {
+        let floor = self.opts.timings.reconnect_min;
+        let ceiling = self.opts.timings.reconnect_max;
         if at_start {
             match self.attempt(settings, stop).await {
                 Ok(Some((ws, ep))) => return Attempt::Connected(Box::new(ws), ep),
                 Ok(None) => return Attempt::Shutdown,
                 Err(ConnectError::Stop(reason)) => return Attempt::Refused(reason),
-                Err(ConnectError::Retry { reason, msg }) => self.failed_attempt(reason, &msg),
+                Err(ConnectError::Retry { reason, msg }) => {
+                    *failures = failures.saturating_add(1);
+                    self.failed_attempt(reason, &msg)
+                }
             }
         }
-        let jitter = random_below(settings.reconnect_nonce);
-        if !sleep_or_stop(jitter, stop).await {
+        let first = settings.first_delay(floor, rand::random());
+        let first = if *failures == 0 {
+            first
+        } else {
+            first.max(settings.retry_delay(*failures, floor, ceiling, rand::random()))
+        };
+        if !sleep_or_stop(first, stop).await {
             return Attempt::Shutdown;
         }
         let mut tries: i64 = 0;
@@ -256,9 +370,13 @@ impl LongConn {
                 Ok(Some((ws, ep))) => return Attempt::Connected(Box::new(ws), ep),
                 Ok(None) => return Attempt::Shutdown,
                 Err(ConnectError::Stop(reason)) => return Attempt::Refused(reason),
-                Err(ConnectError::Retry { reason, msg }) => self.failed_attempt(reason, &msg),
+                Err(ConnectError::Retry { reason, msg }) => {
+                    *failures = failures.saturating_add(1);
+                    self.failed_attempt(reason, &msg)
+                }
             }
-            if !sleep_or_stop(settings.reconnect_interval, stop).await {
+            let wait = settings.retry_delay(*failures, floor, ceiling, rand::random());
+            if !sleep_or_stop(wait, stop).await {
                 return Attempt::Shutdown;
             }
         }
@@ -313,10 +431,33 @@ impl LongConn {
             .await
             .map_err(|e| failed(format!("endpoint discovery failed: {}", e.without_url())))?;
         let status = resp.status().as_u16();
-        let body = resp
-            .bytes()
+        if status != 200 {
+            // Not read at all: the status decides (a 3xx included, never followed).
+            return parse_discovery(status, &[]);
+        }
+        let too_large = || {
+            failed(format!(
+                "endpoint discovery answer is larger than {MAX_DISCOVERY_BYTES} bytes"
+            ))
+        };
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_DISCOVERY_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        let mut resp = resp;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
             .await
-            .map_err(|e| failed(format!("endpoint discovery failed: {}", e.without_url())))?;
+            .map_err(|e| failed(format!("endpoint discovery failed: {}", e.without_url())))?
+        {
+            if body.len() + chunk.len() > MAX_DISCOVERY_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
         parse_discovery(status, &body)
     }
 
@@ -365,14 +506,21 @@ impl LongConn {
         tracing::info!(url = %redact_url(&ep.url), device_id = %ep.device_id, service_id = ep.service_id, "connected to lark");
 
         let (sink, mut read) = ws.split();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (outbox, rx) = Outbox::new(OUT_QUEUE_BYTES, OUT_QUEUE_FRAMES);
+        let stalled = outbox.stalled.clone();
         let close = CancellationToken::new();
-        let mut writer = tokio::spawn(write_loop(sink, rx, close.clone(), self.metrics.clone()));
+        let mut writer = tokio::spawn(write_loop(
+            sink,
+            rx,
+            outbox.bytes.clone(),
+            close.clone(),
+            self.metrics.clone(),
+        ));
 
         let mut conn = Conn {
             lc: self,
             ep,
-            tx,
+            tx: outbox,
             fragments: Reassembler::new(
                 self.opts.timings.fragment_timeout,
                 self.opts.limits.max_body_bytes,
@@ -392,9 +540,16 @@ impl LongConn {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break None,
-                _ = &mut writer => {
+                r = &mut writer => {
                     writer_done = true;
-                    break Some(Lost::ReadError);
+                    break Some(r.ok().flatten().unwrap_or(Lost::ReadError));
+                }
+                _ = stalled.cancelled() => {
+                    tracing::warn!(
+                        queued_bytes = conn.tx.queued_bytes(),
+                        "lark is not reading our frames: outgoing queue full; dropping the connection"
+                    );
+                    break Some(Lost::WriteStalled);
                 }
                 _ = tokio::time::sleep_until(next_ping.into()) => {
                     conn.last_ping = Some(Instant::now());
@@ -404,13 +559,13 @@ impl LongConn {
                     let n = conn.fragments.expire(Instant::now());
                     if n > 0 {
                         m.fragments.with_label_values(&["dropped_timeout"]).inc_by(n as u64);
-                        tracing::warn!(messages = n, "incomplete fragmented messages dropped after the fragment timeout");
+                        warn_limited!(messages = n, "incomplete fragmented messages dropped after the fragment timeout");
                     }
                 }
                 msg = read.next() => match msg {
                     None | Some(Ok(Message::Close(_))) => break Some(Lost::Closed),
                     Some(Err(e)) => {
-                        tracing::warn!(error = %dial_error(&e), "long connection read failed");
+                        tracing::warn!(error = %printable_max(&dial_error(&e), 200), "long connection read failed");
                         break Some(Lost::ReadError);
                     }
                     Some(Ok(Message::Binary(b))) => conn.on_frame(&b, settings),
@@ -433,7 +588,10 @@ impl LongConn {
         }
         drop(conn);
         close.cancel();
-        if !writer_done
+        if lost == Some(Lost::WriteStalled) {
+            // The peer reads nothing: flushing the queue or a close frame would only wait.
+            writer.abort();
+        } else if !writer_done
             && tokio::time::timeout(CLOSE_TIMEOUT, &mut writer)
                 .await
                 .is_err()
@@ -448,7 +606,7 @@ impl LongConn {
 struct Conn<'a> {
     lc: &'a LongConn,
     ep: &'a Endpoint,
-    tx: mpsc::UnboundedSender<Out>,
+    tx: Outbox,
     fragments: Reassembler,
     last_pong: Instant,
     last_ping: Option<Instant>,
@@ -462,7 +620,7 @@ impl Conn<'_> {
             Err(e) => {
                 m.longconn.frames.with_label_values(&["in_other"]).inc();
                 m.verification_failed(FailReason::Parse);
-                tracing::warn!(error = %e, bytes = bytes.len(), "undecodable frame ignored");
+                warn_limited!(error = %printable_max(&e.to_string(), 200), bytes = bytes.len(), "undecodable frame ignored");
                 return;
             }
         };
@@ -477,8 +635,12 @@ impl Conn<'_> {
                 }
                 self.last_pong = now;
                 if let Some(cc) = frame.payload.as_deref().and_then(ClientConfig::from_pong) {
+                    let before = *settings;
                     settings.apply(&cc);
-                    tracing::info!(?settings, "lark updated the connection settings");
+                    // Only a change is news (a peer can send pongs at will).
+                    if *settings != before {
+                        tracing::info!(?settings, "lark updated the connection settings");
+                    }
                 }
             }
             (METHOD_DATA, FrameType::Event) => {
@@ -493,7 +655,7 @@ impl Conn<'_> {
                 m.longconn.frames.with_label_values(&["in_other"]).inc();
                 tracing::debug!(
                     method = frame.method,
-                    r#type = frame.header("type").unwrap_or(""),
+                    r#type = %printable_max(frame.header("type").unwrap_or(""), 64),
                     "frame ignored"
                 );
             }
@@ -501,14 +663,16 @@ impl Conn<'_> {
     }
 }
 
-/// Own the write half: send pings and replies in order, count them; on `close`, send what is
-/// queued, then a close frame.
+/// Own the write half: send pings and replies in order, count them, release their bytes from
+/// the queue's bound; on `close`, send what is queued, then a close frame. Returns why the
+/// connection is lost when a write fails or stalls past [`WRITE_TIMEOUT`].
 async fn write_loop(
     mut sink: futures::stream::SplitSink<Ws, Message>,
-    mut rx: mpsc::UnboundedReceiver<Out>,
+    mut rx: mpsc::Receiver<Out>,
+    queued: Arc<AtomicUsize>,
     close: CancellationToken,
     metrics: Arc<Metrics>,
-) {
+) -> Option<Lost> {
     let m = &metrics.longconn;
     let count = |kind: &str, code: Option<u16>| {
         m.frames.with_label_values(&[kind]).inc();
@@ -516,9 +680,12 @@ async fn write_loop(
             m.replies.with_label_values(&[code_label(code)]).inc();
         }
     };
-    let split = |out: Out| match out {
-        Out::Ping(b) => (Message::binary(b), "out_ping", None),
-        Out::Reply { bytes, code } => (Message::binary(bytes), "out_reply", Some(code)),
+    let split = |out: Out| {
+        let n = out.len();
+        match out {
+            Out::Ping(b) => (Message::binary(b), "out_ping", None, n),
+            Out::Reply { bytes, code } => (Message::binary(bytes), "out_reply", Some(code), n),
+        }
     };
     loop {
         let out = tokio::select! {
@@ -529,22 +696,36 @@ async fn write_loop(
             },
             _ = close.cancelled() => break,
         };
-        let (msg, kind, code) = split(out);
-        if let Err(e) = sink.send(msg).await {
-            tracing::warn!(error = %dial_error(&e), "long connection write failed");
-            return;
+        let (msg, kind, code, n) = split(out);
+        let sent = tokio::time::timeout(WRITE_TIMEOUT, sink.send(msg)).await;
+        queued.fetch_sub(n, Ordering::AcqRel);
+        match sent {
+            Ok(Ok(())) => count(kind, code),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %printable_max(&dial_error(&e), 200), "long connection write failed");
+                return Some(Lost::ReadError);
+            }
+            Err(_) => {
+                tracing::warn!(
+                    timeout_secs = WRITE_TIMEOUT.as_secs(),
+                    "lark is not reading our frames: a write timed out; dropping the connection"
+                );
+                return Some(Lost::WriteStalled);
+            }
         }
-        count(kind, code);
     }
     while let Ok(out) = rx.try_recv() {
-        let (msg, kind, code) = split(out);
-        if sink.send(msg).await.is_err() {
-            return;
+        let (msg, kind, code, n) = split(out);
+        let sent = sink.send(msg).await;
+        queued.fetch_sub(n, Ordering::AcqRel);
+        if sent.is_err() {
+            return None;
         }
         count(kind, code);
     }
     let _ = sink.send(Message::Close(None)).await;
     let _ = sink.close().await;
+    None
 }
 
 fn code_label(code: u16) -> &'static str {
@@ -565,16 +746,6 @@ fn dial_error(e: &tungstenite::Error) -> String {
     }
 }
 
-/// A random duration in `[0, max)`.
-fn random_below(max: Duration) -> Duration {
-    let ms = max.as_millis() as u64;
-    if ms == 0 {
-        Duration::ZERO
-    } else {
-        Duration::from_millis(rand::random_range(0..ms))
-    }
-}
-
 /// Sleep, unless the shutdown signal comes first (then `false`).
 async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
     if d.is_zero() {
@@ -589,14 +760,6 @@ async fn sleep_or_stop(d: Duration, stop: &CancellationToken) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn jitter_stays_below_the_nonce() {
-        assert_eq!(random_below(Duration::ZERO), Duration::ZERO);
-        for _ in 0..100 {
-            assert!(random_below(Duration::from_secs(1)) < Duration::from_secs(1));
-        }
-    }
 
     #[test]
     fn dial_errors_never_show_the_url() {
@@ -625,6 +788,26 @@ mod tests {
             other => panic!("expected a TLS failure, got {:?}", other.map(|_| ())),
         }
         server.abort();
+    }
+
+    /// Issue 15 item 12: the queue refuses past its bound and marks the connection stalled.
+    #[test]
+    fn the_outgoing_queue_is_bounded_in_bytes_and_frames() {
+        let (out, mut rx) = Outbox::new(1000, 3);
+        assert_eq!(out.send(Out::Ping(vec![0; 600])), Ok(()));
+        assert_eq!(out.send(Out::Ping(vec![0; 600])), Err(NotQueued::Full));
+        assert!(out.stalled.is_cancelled());
+        assert_eq!(out.queued_bytes(), 600);
+
+        let (out, rx2) = Outbox::new(1000, 2);
+        assert_eq!(out.send(Out::Ping(vec![1])), Ok(()));
+        assert_eq!(out.send(Out::Ping(vec![1])), Ok(()));
+        assert_eq!(out.send(Out::Ping(vec![1])), Err(NotQueued::Full));
+        assert_eq!(out.queued_bytes(), 2);
+        drop(rx2);
+        let (out2, _) = Outbox::new(1000, 2);
+        drop(out2);
+        assert!(rx.try_recv().is_ok());
     }
 
     #[test]
