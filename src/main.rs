@@ -72,6 +72,18 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             };
             let cfg = Config::load(cli.config.as_deref(), mode)?;
             print!("{}", cfg.to_redacted_toml());
+            let w = cfg.worst_case_buffers();
+            let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+            println!(
+                "\n# worst case of request buffers: {:.1} MiB = bodies {:.1} MiB \
+                 (server.max_buffered_body_bytes) + webhook heads {:.1} MiB \
+                 (server.max_connections x read buffer) + admin heads {:.1} MiB; \
+                 the memory limit must cover this plus the process itself and its dedup store",
+                mib(w.total()),
+                mib(w.bodies),
+                mib(w.webhook_heads),
+                mib(w.admin_heads)
+            );
             eprintln!("config ok");
             Ok(())
         }

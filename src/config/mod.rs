@@ -28,7 +28,7 @@ pub use dedup::{
 pub use lark::LarkConfig;
 pub use log::{LogConfig, LogFormat};
 pub use secret::{is_secret_property, redact_url, split_secret_list, KafkaProperties, Secret, Url};
-pub use server::{AdminConfig, Limits, ServerConfig};
+pub use server::{AdminConfig, Limits, ServerConfig, WorstCase, ADMIN_HEADER_BYTES};
 pub use sink::{
     ContentMode, KafkaSinkConfig, NatsAuth, NatsSinkConfig, RoutingConfig, SinkConfig, SinkKind,
 };
@@ -246,12 +246,25 @@ impl Config {
 
     fn validate(&self, mode: SecretFiles) -> Result<(), ConfigError> {
         self.server.validate()?;
+        self.admin.validate()?;
         let budget = self.server.response_budget;
         self.dedup.validate(budget)?;
         self.lark.validate(self.source.kind, mode)?;
         self.source.validate()?;
         self.sink.validate(budget)?;
         Ok(())
+    }
+
+    /// The memory requests can pin at once under these limits (printed by `check-config`; the
+    /// chart's memory limit must cover it plus the process's own).
+    pub fn worst_case_buffers(&self) -> WorstCase {
+        WorstCase {
+            bodies: self.server.max_buffered_body_bytes,
+            webhook_heads: self.server.max_connections
+                * crate::http::server::read_buffer_bytes(self.server.max_header_bytes),
+            admin_heads: self.admin.max_connections
+                * crate::http::server::read_buffer_bytes(ADMIN_HEADER_BYTES),
+        }
     }
 
     /// The effective configuration as TOML, secrets shown as `***`.
