@@ -278,3 +278,23 @@ fn check_config_prints_the_worst_case_and_the_chart_limit_covers_it() {
         "worst case {total} MiB + 64 MiB does not fit the chart's limit"
     );
 }
+
+#[tokio::test]
+async fn numeric_looking_secrets_from_the_environment_are_used_as_written() {
+    // Item 7: an Encrypt Key `007` was read as 7 (every genuine request then got 401).
+    for (key, token) in [("007", "1e3"), ("1.50", "12345678901234567890123")] {
+        let mut cmd = bin();
+        cmd.env("LARK_BRIDGE__LARK__ENCRYPT_KEY", key)
+            .env("LARK_BRIDGE__LARK__VERIFICATION_TOKEN", token);
+        let b = spawn(cmd);
+        let plain = lark_bridge::simulate::ticket_event("ev_numeric", "hd", Some(token), false);
+        let r = lark_bridge::simulate::lark_request(
+            "ev_numeric",
+            &serde_json::to_vec(&plain).unwrap(),
+            Some(&lark_protocol::EncryptKey::new(key)),
+        );
+        let (status, body) =
+            fake_lark::kit::post(&format!("http://{}/webhook/event", b.webhook), &r).await;
+        assert_eq!(status, 200, "key {key:?} token {token:?}: {body}");
+    }
+}

@@ -99,6 +99,9 @@ fn positive(v: u64, key: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: &[&str] = &["sink.nats.stream_subjects"];
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -151,20 +154,23 @@ impl Config {
             }
             b = b.add_source(config::File::from(f).format(config::FileFormat::Toml));
         }
-        let env_map: std::collections::HashMap<String, String> = env
-            .iter()
-            .filter(|(k, _)| k.starts_with("LARK_BRIDGE__"))
-            .cloned()
-            .collect();
-        b = b.add_source(
-            config::Environment::with_prefix("LARK_BRIDGE")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true)
-                .list_separator(",")
-                .with_list_parse_key("sink.nats.stream_subjects")
-                .source(Some(env_map)),
-        );
+        // Environment values go in as the exact strings they are. The config crate's own
+        // `Environment` source with `try_parsing` turned `007` into 7, `1e3` into 1000 and a
+        // 23-digit key into a float — secrets that then matched nothing (issue 15). Numbers and
+        // booleans are still read from these strings by the typed fields that want them.
+        for (k, v) in env {
+            let Some(rest) = k.strip_prefix("LARK_BRIDGE__") else {
+                continue;
+            };
+            let key = rest.to_lowercase().replace("__", ".");
+            b = if LIST_KEYS.contains(&key.as_str()) {
+                let items: Vec<String> = v.split(',').map(str::to_string).collect();
+                b.set_override(key, items)
+            } else {
+                b.set_override(key, v.as_str())
+            }
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        }
         let raw = b.build().map_err(|e| ConfigError::Load(e.to_string()))?;
         let mut cfg: Config = raw
             .try_deserialize()
