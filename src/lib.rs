@@ -16,6 +16,7 @@
 pub mod config;
 pub mod dedup;
 pub mod entrance;
+pub mod fdlimit;
 pub mod health;
 pub mod http;
 pub mod logging;
@@ -229,8 +230,36 @@ pub fn webhook_router(
         budget: cfg.server.response_budget,
         read_timeout: cfg.server.read_timeout,
         max_header_bytes: cfg.server.max_header_bytes,
+        body_budget: entrance::webhook::BodyBudget::new(cfg.server.max_buffered_body_bytes),
     });
     Ok(entrance::webhook::router(&cfg.server.path, state))
+}
+
+fn listener_gauges(m: &Metrics, listener: &str) -> (prometheus::IntGauge, prometheus::IntCounter) {
+    (
+        m.connections.with_label_values(&[listener]),
+        m.connections_shed.with_label_values(&[listener]),
+    )
+}
+
+/// `server.max_connections`, lowered when the open-file limit cannot hold it beside the admin
+/// listener and [`fdlimit::RESERVE`] (logged: the operator should raise the limit).
+fn webhook_connection_cap(cfg: &Config) -> usize {
+    let wanted = cfg.server.max_connections;
+    let Some(nofile) = fdlimit::raise_to_hard() else {
+        return wanted;
+    };
+    let cap = fdlimit::fitting_cap(wanted, cfg.admin.max_connections, nofile);
+    if cap < wanted {
+        tracing::warn!(
+            max_connections = wanted,
+            open_file_limit = nofile,
+            reserve = fdlimit::RESERVE + cfg.admin.max_connections as u64,
+            using = cap,
+            "server.max_connections does not fit the open-file limit (RLIMIT_NOFILE hard limit); using the lower cap — raise LimitNOFILE / ulimit -n"
+        );
+    }
+    cap
 }
 
 /// Run until `shutdown` resolves: serve the webhook and admin listeners, probe dependencies,
@@ -270,13 +299,24 @@ pub async fn run(
     });
     let admin_stop = stop.clone();
     tracing::info!(addr = %listeners.admin.local_addr().map(|a| a.to_string()).unwrap_or_default(), listener = "admin", "listening");
-    let admin = tokio::spawn(async move {
-        let _ = axum::serve(listeners.admin, admin_router)
-            .with_graceful_shutdown(async move { admin_stop.cancelled().await })
-            .await;
-    });
-
     let grace = cfg.server.shutdown_grace;
+    // Its own connection cap and head/idle timeout: idle or slow admin clients can neither
+    // exhaust the webhook's connections nor the process's file descriptors (issue 15).
+    let admin_limits = http::server::Limits {
+        name: "admin",
+        max_connections: cfg.admin.max_connections,
+        max_header_bytes: config::ADMIN_HEADER_BYTES,
+        read_timeout: cfg.admin.header_timeout,
+        grace: Duration::from_secs(1),
+        gauges: Some(listener_gauges(&metrics, "admin")),
+    };
+    let admin = tokio::spawn(http::server::serve(
+        listeners.admin,
+        admin_router,
+        admin_limits,
+        async move { admin_stop.cancelled().await },
+    ));
+
     // From the signal on, /readyz says so: load balancers stop sending while we drain.
     let draining = health.clone();
     let shutdown = async move {
@@ -291,7 +331,9 @@ pub async fn run(
             listener,
             router,
             http::server::Limits {
-                max_connections: cfg.server.max_connections,
+                name: "webhook",
+                max_connections: webhook_connection_cap(&cfg),
+                gauges: Some(listener_gauges(&metrics, "webhook")),
                 max_header_bytes: cfg.server.max_header_bytes,
                 read_timeout: cfg.server.read_timeout,
                 grace,

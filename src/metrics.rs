@@ -104,6 +104,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0,
 ];
 
+/// The `listener` label values.
+pub const LISTENERS: [&str; 2] = ["webhook", "admin"];
+
 pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
@@ -127,6 +130,11 @@ pub struct Metrics {
     pub source_info: IntGaugeVec,
     pub deadletters: IntCounterVec,
     pub longconn: LongConnMetrics,
+    /// `lark_bridge_connections{listener}`: open connections per listener.
+    pub connections: IntGaugeVec,
+    /// `lark_bridge_connections_shed_total{listener}`: connections closed at the cap because
+    /// they had not sent a complete head.
+    pub connections_shed: IntCounterVec,
     /// The series the hot path uses, resolved once for the configured names.
     hot: Hot,
 }
@@ -416,6 +424,30 @@ impl Metrics {
                 .expect("valid metric");
                 r.register(Box::new(h.clone())).expect("unique metric");
                 h
+            },
+            connections: {
+                let g = gauge_vec(
+                    &r,
+                    "lark_bridge_connections",
+                    "Open connections, per listener (webhook, admin).",
+                    &["listener"],
+                );
+                for l in LISTENERS {
+                    g.with_label_values(&[l]);
+                }
+                g
+            },
+            connections_shed: {
+                let c = counter_vec(
+                    &r,
+                    "lark_bridge_connections_shed_total",
+                    "Connections closed at the listener's cap because they had not sent a complete request head.",
+                    &["listener"],
+                );
+                for l in LISTENERS {
+                    c.with_label_values(&[l]);
+                }
+                c
             },
             longconn: LongConnMetrics {
                 connected: gauge(

@@ -499,3 +499,88 @@ fn check_config_reads_secret_files_unless_skipped() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("lark.encrypt_key_file"));
     assert!(run(true).status.success());
 }
+
+// ---------------------------------------------------------------- exact strings (issue 15)
+
+/// Values that look like numbers or booleans, as Lark's console or an operator may produce them.
+const NUMERIC_LOOKING: &[&str] = &[
+    "007",
+    "1e3",
+    "1.50",
+    "12345678901234567890123",
+    "-0",
+    "true",
+    "0x1F",
+    " 42",
+];
+
+#[test]
+fn string_settings_keep_the_exact_string_from_the_environment() {
+    for v in NUMERIC_LOOKING {
+        let cfg = Config::load_from(
+            None,
+            &env(&[
+                ("LARK_BRIDGE__LARK__ENCRYPT_KEY", &format!("{v}x,{v}")),
+                ("LARK_BRIDGE__LARK__VERIFICATION_TOKEN", v),
+                ("LARK_BRIDGE__LARK__APP_SECRET", v),
+                ("LARK_BRIDGE__DEDUP__REDIS__PASSWORD", v),
+                ("LARK_BRIDGE__SINK__NATS__TOKEN", v),
+                ("LARK_BRIDGE__SERVER__PATH", &format!("/{v}")),
+            ]),
+            SecretFiles::Read,
+        )
+        .unwrap_or_else(|e| panic!("{v:?}: {e}"));
+        let l = &cfg.lark;
+        assert_eq!(
+            l.encrypt_key.as_ref().unwrap().expose(),
+            format!("{v}x,{v}")
+        );
+        assert_eq!(l.verification_token.as_ref().unwrap().expose(), *v);
+        assert_eq!(l.app_secret.as_ref().unwrap().expose(), *v);
+        assert_eq!(cfg.dedup.redis.password.as_ref().unwrap().expose(), *v);
+        assert_eq!(cfg.sink.nats.auth.token.as_ref().unwrap().expose(), *v);
+        assert_eq!(cfg.server.path, format!("/{v}"));
+        // And the verifier signs with exactly that key.
+        let verifier = format!("{:?}", lark_bridge::verifier(&cfg).unwrap());
+        assert!(verifier.contains("keys: 2"), "{verifier}");
+    }
+    // Typed settings still read their numbers and booleans from the environment's strings.
+    let cfg = Config::load_from(
+        None,
+        &env(&[
+            ("LARK_BRIDGE__LARK__ENCRYPT_KEY", "k"),
+            ("LARK_BRIDGE__SERVER__MAX_IN_FLIGHT", "007"),
+            ("LARK_BRIDGE__ROUTING__FORWARD_UNKNOWN", "true"),
+            ("LARK_BRIDGE__SINK__NATS__STREAM_SUBJECTS", "a.>,b.>"),
+        ]),
+        SecretFiles::Read,
+    )
+    .unwrap();
+    assert_eq!(cfg.server.max_in_flight, 7);
+    assert!(cfg.routing.forward_unknown);
+    assert_eq!(cfg.sink.nats.stream_subjects, ["a.>", "b.>"]);
+}
+
+#[test]
+fn string_settings_keep_the_exact_string_from_a_file() {
+    for v in NUMERIC_LOOKING {
+        let text = format!(
+            "[lark]\nencrypt_key = {v:?}\nverification_token = {v:?}\n[dedup.redis]\npassword = {v:?}\n"
+        );
+        let cfg = load_text(&text, &[], SecretFiles::Read).unwrap();
+        assert_eq!(cfg.lark.encrypt_key.as_ref().unwrap().expose(), *v);
+        assert_eq!(cfg.lark.verification_token.as_ref().unwrap().expose(), *v);
+        assert_eq!(cfg.dedup.redis.password.as_ref().unwrap().expose(), *v);
+        // From a secret file too.
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, format!("{v}\n")).unwrap();
+        let cfg = Config::load_from(
+            None,
+            &env(&[("LARK_BRIDGE__LARK__ENCRYPT_KEY_FILE", key.to_str().unwrap())]),
+            SecretFiles::Read,
+        )
+        .unwrap();
+        assert_eq!(cfg.lark.encrypt_key.as_ref().unwrap().expose(), *v);
+    }
+}

@@ -153,6 +153,7 @@ async fn every_outcome_moves_its_counter_and_is_logged_without_secrets() {
         ("LARK_BRIDGE__SINK__KIND", "nats"),
         ("LARK_BRIDGE__SINK__NATS__URL", &nats_url),
         ("LARK_BRIDGE__SERVER__MAX_BODY_BYTES", "4096"),
+        ("LARK_BRIDGE__SERVER__MAX_BUFFERED_BODY_BYTES", "4096"),
         ("LARK_BRIDGE__SERVER__READ_TIMEOUT_MS", "1500"),
         ("LARK_BRIDGE__SERVER__MAX_IN_FLIGHT", "1"),
         ("LARK_BRIDGE__SERVER__RESPONSE_BUDGET_MS", "1000"),
@@ -207,7 +208,7 @@ async fn every_outcome_moves_its_counter_and_is_logged_without_secrets() {
             .status(),
         413
     );
-    // overloaded + request_timeout: a body that never finishes holds the only in-flight slot.
+    // overloaded + request_timeout: a body that never finishes holds the whole body budget.
     let addr = b
         .url
         .trim_start_matches("http://")
@@ -216,7 +217,7 @@ async fn every_outcome_moves_its_counter_and_is_logged_without_secrets() {
         .unwrap()
         .to_string();
     let mut slow = std::net::TcpStream::connect(&addr).unwrap();
-    write!(slow, "POST /webhook/event HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"a\":").unwrap();
+    write!(slow, "POST /webhook/event HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 4000\r\n\r\n{{\"a\":").unwrap();
     let mut overloaded = 0;
     for _ in 0..100 {
         let (status, body) = post(&b.url, &signed(ticket_plain("obs_ev_3"), OBS_KEY)).await;
@@ -229,7 +230,7 @@ async fn every_outcome_moves_its_counter_and_is_logged_without_secrets() {
     }
     assert_eq!(
         overloaded, 1,
-        "a second request while the slot is held is shed"
+        "a second request while the body budget is held is shed"
     );
     slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut answer = String::new();

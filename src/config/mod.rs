@@ -30,7 +30,7 @@ pub use dedup::{
 pub use lark::LarkConfig;
 pub use log::{LogConfig, LogFormat};
 pub use secret::{is_secret_property, redact_url, split_secret_list, KafkaProperties, Secret, Url};
-pub use server::{AdminConfig, Limits, ServerConfig};
+pub use server::{AdminConfig, Limits, ServerConfig, WorstCase, ADMIN_HEADER_BYTES};
 pub use sink::{
     ContentMode, KafkaSinkConfig, NatsAuth, NatsSinkConfig, RoutingConfig, SinkConfig, SinkKind,
 };
@@ -101,6 +101,9 @@ fn positive(v: u64, key: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: &[&str] = &["sink.nats.stream_subjects"];
+
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -155,20 +158,23 @@ impl Config {
             }
             b = b.add_source(config::File::from(f).format(config::FileFormat::Toml));
         }
-        let env_map: std::collections::HashMap<String, String> = env
-            .iter()
-            .filter(|(k, _)| k.starts_with("LARK_BRIDGE__"))
-            .cloned()
-            .collect();
-        b = b.add_source(
-            config::Environment::with_prefix("LARK_BRIDGE")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true)
-                .list_separator(",")
-                .with_list_parse_key("sink.nats.stream_subjects")
-                .source(Some(env_map)),
-        );
+        // Environment values go in as the exact strings they are. The config crate's own
+        // `Environment` source with `try_parsing` turned `007` into 7, `1e3` into 1000 and a
+        // 23-digit key into a float — secrets that then matched nothing (issue 15). Numbers and
+        // booleans are still read from these strings by the typed fields that want them.
+        for (k, v) in env {
+            let Some(rest) = k.strip_prefix("LARK_BRIDGE__") else {
+                continue;
+            };
+            let key = rest.to_lowercase().replace("__", ".");
+            b = if LIST_KEYS.contains(&key.as_str()) {
+                let items: Vec<String> = v.split(',').map(str::to_string).collect();
+                b.set_override(key, items)
+            } else {
+                b.set_override(key, v.as_str())
+            }
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        }
         let raw = b.build().map_err(|e| ConfigError::Load(e.to_string()))?;
         let mut cfg: Config = raw
             .try_deserialize()
@@ -250,12 +256,25 @@ impl Config {
 
     fn validate(&self, mode: SecretFiles) -> Result<(), ConfigError> {
         self.server.validate()?;
+        self.admin.validate()?;
         let budget = self.server.response_budget;
         self.dedup.validate(budget)?;
         self.lark.validate(self.source.kind, mode)?;
         self.source.validate()?;
         self.sink.validate(budget)?;
         Ok(())
+    }
+
+    /// The memory requests can pin at once under these limits (printed by `check-config`; the
+    /// chart's memory limit must cover it plus the process's own).
+    pub fn worst_case_buffers(&self) -> WorstCase {
+        WorstCase {
+            bodies: self.server.max_buffered_body_bytes,
+            webhook_heads: self.server.max_connections
+                * crate::http::server::read_buffer_bytes(self.server.max_header_bytes),
+            admin_heads: self.admin.max_connections
+                * crate::http::server::read_buffer_bytes(ADMIN_HEADER_BYTES),
+        }
     }
 
     /// The effective configuration as TOML, secrets shown as `***`.

@@ -35,8 +35,13 @@ pub struct ServerConfig {
     pub read_timeout: Duration,
     /// Largest request head (request line + headers), in bytes; larger → 431. Default 16384.
     pub max_header_bytes: usize,
-    /// Open connections at once; further connections wait in the accept queue. Default 4096.
+    /// Open connections at once. At the cap the oldest connection that has not sent a complete
+    /// head is closed to make room; when all have a request in progress, new ones wait in the
+    /// accept queue. Lowered at start to fit the open-file limit. Default 4096.
     pub max_connections: usize,
+    /// Request-body bytes buffered at once, across all connections; a body that does not fit
+    /// (its Content-Length, or its next chunk) → 503 `overloaded` at once. Default 64 MiB.
+    pub max_buffered_body_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +56,7 @@ impl Default for ServerConfig {
             read_timeout: Duration::from_millis(10_000),
             max_header_bytes: 16_384,
             max_connections: 4096,
+            max_buffered_body_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -94,6 +100,12 @@ impl ServerConfig {
             "server.read_timeout_ms",
         )?;
         positive(self.max_connections as u64, "server.max_connections")?;
+        if self.max_buffered_body_bytes < self.max_body_bytes {
+            return Err(ConfigError::invalid(
+                "server.max_buffered_body_bytes",
+                "must be at least server.max_body_bytes",
+            ));
+        }
         if self.max_header_bytes < 8192 {
             return Err(ConfigError::invalid(
                 "server.max_header_bytes",
@@ -117,12 +129,54 @@ pub struct AdminConfig {
     /// Address of the admin listener. Default `0.0.0.0:9090`.
     #[serde(with = "units::addr")]
     pub listen: SocketAddr,
+    /// Open admin connections at once, apart from the webhook's; at the cap the oldest idle
+    /// one is closed. Default 64.
+    pub max_connections: usize,
+    /// `header_timeout_ms`: time to send a complete request head, counted from the connection's
+    /// start or from its previous answer — so it is also the idle timeout of a kept-alive admin
+    /// connection. Default 5000.
+    #[serde(rename = "header_timeout_ms", with = "units::millis")]
+    pub header_timeout: Duration,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            max_connections: 64,
+            header_timeout: Duration::from_millis(5000),
         }
+    }
+}
+
+impl AdminConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        positive(self.max_connections as u64, "admin.max_connections")?;
+        positive(
+            self.header_timeout.as_millis() as u64,
+            "admin.header_timeout_ms",
+        )
+    }
+}
+
+/// Head buffer per admin connection (its requests are small GETs).
+pub const ADMIN_HEADER_BYTES: usize = 8192;
+
+/// The most memory requests can hold at once under the configured limits, by part: what an
+/// attacker who opens every allowed connection and sends every allowed byte can pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorstCase {
+    /// `server.max_buffered_body_bytes`.
+    pub bodies: usize,
+    /// `server.max_connections` × hyper's read buffer for `server.max_header_bytes`.
+    pub webhook_heads: usize,
+    /// `admin.max_connections` × the admin read buffer.
+    pub admin_heads: usize,
+}
+
+impl WorstCase {
+    /// The sum.
+    pub fn total(&self) -> usize {
+        self.bodies + self.webhook_heads + self.admin_heads
     }
 }

@@ -31,8 +31,49 @@ pub struct IngressState {
     pub budget: Duration,
     pub read_timeout: Duration,
     /// Largest request head; larger → 431 (JSON, outcome `bad_request`). hyper's own buffer
-    /// is four times this (≥ 64 KiB), so only absurd heads get hyper's bare 431.
+    /// is twice this (≥ 16 KiB), so only absurd heads get hyper's bare 431.
     pub max_header_bytes: usize,
+    /// The global bound on buffered body bytes (`server.max_buffered_body_bytes`).
+    pub body_budget: BodyBudget,
+}
+
+/// The global bound on request-body bytes held in memory at once, across every connection
+/// (`server.max_buffered_body_bytes`). A body reserves its declared length before its first
+/// byte is read (a chunked one, each chunk as it arrives); no room → 503 `overloaded` at once.
+/// The reservation is held until the request is answered, which is as long as the bytes live.
+#[derive(Clone)]
+pub struct BodyBudget {
+    bytes: Arc<tokio::sync::Semaphore>,
+}
+
+impl BodyBudget {
+    /// At most `max_bytes` buffered at once (clamped to what a semaphore can count).
+    pub fn new(max_bytes: usize) -> BodyBudget {
+        let n = max_bytes.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        BodyBudget {
+            bytes: Arc::new(tokio::sync::Semaphore::new(n)),
+        }
+    }
+
+    /// Reserve `n` more bytes into `held`, or refuse at once.
+    fn reserve(&self, held: &mut Option<tokio::sync::OwnedSemaphorePermit>, n: usize) -> bool {
+        if n == 0 {
+            return true;
+        }
+        let Ok(n) = u32::try_from(n) else {
+            return false;
+        };
+        match self.bytes.clone().try_acquire_many_owned(n) {
+            Ok(p) => {
+                match held {
+                    Some(h) => h.merge(p),
+                    None => *held = Some(p),
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 /// Approximate size of the request head as it came on the wire.
@@ -140,7 +181,10 @@ async fn webhook(
     response
 }
 
-/// Admit → read → verify → walk.
+/// Read → admit → verify → walk. The body is read *before* admission: a request holds an
+/// in-flight slot only while it is processed, never while its body trickles in (issue 15), so
+/// slow bodies are bounded by the read deadline, the buffered-bytes budget and the connection
+/// cap, and cannot starve real events of slots.
 async fn handle(
     s: &IngressState,
     started: Instant,
@@ -150,13 +194,13 @@ async fn handle(
     body: Body,
     span: &mut Option<tracing::Span>,
 ) -> Ending {
-    // Admit first: shedding must cost nothing.
-    let Some(_permit) = s.admission.try_admit() else {
-        return Refusal::Overloaded.into();
-    };
-    let bytes = match read(s, &method, &uri, &headers, body).await {
+    let (bytes, _reserved) = match read(s, &method, &uri, &headers, body).await {
         Ok(b) => b,
         Err(r) => return r.into(),
+    };
+    // Shedding must cost nothing beyond the read, which the budget already bounds.
+    let Some(_permit) = s.admission.try_admit() else {
+        return Refusal::Overloaded.into();
     };
     s.metrics.body_bytes.observe(bytes.len() as f64);
 
@@ -182,14 +226,15 @@ async fn handle(
     walk(&s.pipeline, &s.metrics, ev, started + s.budget, request).await
 }
 
-/// The HTTP checks of §6, then the body under its size bound and deadline.
+/// The HTTP checks of §6, then the body under its size bound, the buffered-bytes budget and its
+/// own deadline. Returns the body and its reservation in the budget (held until answered).
 async fn read(
     s: &IngressState,
     method: &Method,
     uri: &axum::http::Uri,
     headers: &HeaderMap,
     body: Body,
-) -> Result<bytes::Bytes, Refusal> {
+) -> Result<(bytes::Bytes, Option<tokio::sync::OwnedSemaphorePermit>), Refusal> {
     if head_size(method, uri, headers) > s.max_header_bytes {
         return Err(Refusal::HeadTooLarge);
     }
@@ -203,15 +248,36 @@ async fn read(
     if declared.is_some_and(|n| n > s.max_body_bytes as u64) {
         return Err(Refusal::TooLarge);
     }
-    let read = tokio::time::timeout(
-        s.read_timeout,
-        http_body_util::Limited::new(body, s.max_body_bytes).collect(),
-    )
-    .await;
-    match read {
+    let mut reserved = None;
+    let declared = declared.map(|n| n as usize);
+    if let Some(n) = declared {
+        if !s.body_budget.reserve(&mut reserved, n) {
+            return Err(Refusal::Overloaded);
+        }
+    }
+    let collect = async {
+        let mut body = body;
+        let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0));
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| Refusal::Unreadable("body could not be read"))?;
+            let Ok(chunk) = frame.into_data() else {
+                continue; // trailers
+            };
+            if buf.len() + chunk.len() > s.max_body_bytes {
+                return Err(Refusal::TooLarge);
+            }
+            // A chunked body reserves as it comes; a declared one reserved it all up front
+            // (hyper never yields more than Content-Length).
+            if declared.is_none() && !s.body_budget.reserve(&mut reserved, chunk.len()) {
+                return Err(Refusal::Overloaded);
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    };
+    match tokio::time::timeout(s.read_timeout, collect).await {
         Err(_) => Err(Refusal::Timeout),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::TooLarge),
-        Ok(Err(_)) => Err(Refusal::Unreadable("body could not be read")),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(r)) => Err(r),
+        Ok(Ok(b)) => Ok((b, reserved)),
     }
 }
