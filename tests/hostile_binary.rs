@@ -214,12 +214,28 @@ async fn an_open_file_limit_below_max_connections_is_raised_then_fitted() {
         .env("LARK_BRIDGE__LARK__ENCRYPT_KEY", KEY)
         .env("LARK_BRIDGE__LARK__VERIFICATION_TOKEN", TOKEN);
     let b = spawn(cmd);
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", b.child.id())).unwrap();
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .unwrap();
-    let nums: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    // The limit has no change signal visible from outside: read it until it moved (bounded).
+    let read_limit = || {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", b.child.id())).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap()
+            .to_string();
+        let nums: Vec<String> = line
+            .split_whitespace()
+            .skip(3)
+            .take(2)
+            .map(str::to_string)
+            .collect();
+        (nums, line)
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    let (mut nums, mut line) = read_limit();
+    while nums != ["400", "400"] && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        (nums, line) = read_limit();
+    }
     assert_eq!(nums, ["400", "400"], "{line}");
     let mut idle = Vec::new();
     for _ in 0..600 {
