@@ -17,7 +17,9 @@ pub fn init(cfg: &LogConfig) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Every line passes through the scrubber: configured secret values never leave the
+        // process, whatever a client library put in an error we log.
+        .with_writer(|| crate::secrets::Scrubbing(std::io::stderr()))
         .with_target(false);
     let _ = if json {
         builder
