@@ -22,6 +22,8 @@ impl Health {
 
     /// Record a dependency's state.
     pub fn set(&self, name: &'static str, failure: Option<String>) {
+        // Reasons are client libraries' error text, shown on /readyz: scrub configured secrets.
+        let failure = failure.map(crate::secrets::scrub_known);
         let mut d = self.deps.write().unwrap_or_else(|p| p.into_inner());
         d.insert(name, failure);
     }

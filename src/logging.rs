@@ -25,8 +25,10 @@ pub fn init(cfg: &LogConfig) {
         .with_env_filter(filter)
         .with_target(false);
     let _ = if json {
+        // Every line passes through the scrubber: configured secret values never leave the
+        // process, whatever a client library put in an error we log.
         builder
-            .with_writer(std::io::stderr)
+            .with_writer(|| crate::secrets::Scrubbing(std::io::stderr()))
             .json()
             .flatten_event(true)
             .with_current_span(true)
@@ -37,7 +39,7 @@ pub fn init(cfg: &LogConfig) {
         // smuggled in is visibly escaped rather than mistaken for ours.
         builder
             .with_ansi(false)
-            .with_writer(|| LineWriter(std::io::stderr()))
+            .with_writer(|| LineWriter(crate::secrets::Scrubbing(std::io::stderr())))
             .try_init()
     };
 }

@@ -87,7 +87,9 @@ fn main() -> std::process::ExitCode {
     match rt.block_on(real_main(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Scrubbed: a client library's start-up error may echo a configured secret.
+            let msg = lark_bridge::secrets::scrub_known(format!("{e:#}"));
+            eprintln!("error: {msg}");
             std::process::ExitCode::FAILURE
         }
     }

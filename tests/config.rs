@@ -584,3 +584,108 @@ fn string_settings_keep_the_exact_string_from_a_file() {
         assert_eq!(cfg.lark.encrypt_key.as_ref().unwrap().expose(), *v);
     }
 }
+
+// ---------------------------------------------------------------- redaction (issue 15)
+
+#[test]
+fn check_config_masks_commas_in_passwords_and_sasl_config_strings() {
+    let text = r#"
+[lark]
+encrypt_key = "k3y-value"
+[dedup]
+backend = "redis"
+[dedup.redis]
+url = "redis://:pa,ss-w0rd@127.0.0.1:6379/0"
+[sink]
+kind = "kafka"
+[sink.kafka]
+brokers = "127.0.0.1:9092"
+[sink.kafka.properties]
+"sasl.jaas.config" = 'org.apache.kafka.common.security.plain.PlainLoginModule required username="u" password="jaa5-secret";'
+"sasl.oauthbearer.config" = "principal=p extension_tok=0auth-secret"
+"sasl.username" = "shown-user"
+"#;
+    let cfg = load_text(text, &[], SecretFiles::Read).unwrap();
+    let shown = cfg.to_redacted_toml();
+    for secret in [
+        "pa,ss-w0rd",
+        "ss-w0rd",
+        "jaa5-secret",
+        "0auth-secret",
+        "k3y-value",
+    ] {
+        assert!(!shown.contains(secret), "{secret} shown:\n{shown}");
+    }
+    assert!(shown.contains("redis://***@127.0.0.1:6379/0"), "{shown}");
+    assert!(shown.contains("shown-user"), "{shown}");
+    assert!(format!("{cfg:?}").find("jaa5-secret").is_none());
+    // Every one of them is registered for scrubbing client libraries' error text.
+    let scrubbed = lark_bridge::secrets::scrub_known(
+        "x pa,ss-w0rd y jaa5-secret z 0auth-secret w k3y-value".into(),
+    );
+    assert_eq!(scrubbed, "x *** y *** z *** w ***");
+}
+
+#[test]
+fn a_type_error_never_echoes_a_secret_value() {
+    let cases: &[(&str, &[(&str, &str)])] = &[
+        (
+            "[lark]\nencrypt_key = { nested = \"t0p-secret-1\" }\n",
+            &[],
+        ),
+        (
+            "[lark]\nencrypt_key = [\"t0p-secret-1\"]\n",
+            &[],
+        ),
+        (
+            "[lark]\nencrypt_key = \"k\"\n[sink.kafka]\nproperties = \"sasl.password=t0p-secret-1\"\n",
+            &[],
+        ),
+        (
+            "[lark]\nencrypt_key = \"k\"\n",
+            &[("LARK_BRIDGE__SINK__KAFKA__PROPERTIES", "sasl.password=t0p-secret-1")],
+        ),
+        (
+            "[lark]\nencrypt_key = \"k\"\n",
+            &[("LARK_BRIDGE__DEDUP__REDIS__PASSWORD__X", "t0p-secret-1")],
+        ),
+        (
+            "[lark]\nencrypt_key = \"k\"\n",
+            &[("LARK_BRIDGE__DEDUP__REDIS__URL__X", "redis://:t0p-secret-1@h")],
+        ),
+    ];
+    for (text, env) in cases {
+        let e = load_text(text, env, SecretFiles::Read).expect_err(text);
+        let msg = e.to_string();
+        assert!(!msg.contains("t0p-secret-1"), "{text} {env:?}: {msg}");
+    }
+}
+
+#[tokio::test]
+async fn librdkafka_start_up_errors_do_not_echo_sasl_secrets() {
+    let text = r#"
+[lark]
+encrypt_key = "k3y-value"
+[sink]
+kind = "kafka"
+[sink.kafka]
+brokers = "127.0.0.1:1"
+[sink.kafka.properties]
+"sasl.jaas.config" = 'org.apache.kafka.common.security.plain.PlainLoginModule required username="u" password="jaa5-secret";'
+"sasl.oauthbearer.config" = "principal=p extension_x=0auth-secret"
+"sasl.password" = "pl41n-secret"
+"#;
+    let cfg = load_text(text, &[], SecretFiles::Read).unwrap();
+    let err = match lark_bridge::build_sink(&cfg).await {
+        Ok(_) => panic!("an invalid property was accepted"),
+        Err(e) => e.to_string(),
+    };
+    // librdkafka refuses a Java JAAS line, quoting it whole (password included).
+    assert!(
+        err.starts_with("sink.kafka:") && err.contains("JAAS"),
+        "{err}"
+    );
+    for secret in ["jaa5-secret", "0auth-secret", "pl41n-secret"] {
+        assert!(!err.contains(secret), "{secret} in: {err}");
+    }
+}

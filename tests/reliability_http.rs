@@ -448,9 +448,28 @@ async fn skew_check_accepts_inside_the_window_and_refuses_outside_over_http() {
 
 #[tokio::test]
 async fn with_the_skew_check_off_an_old_but_genuine_push_is_accepted_over_http() {
-    let mut t = start(&[]).await;
+    let mut t = start(&[("lark.max_timestamp_skew_secs", "0")]).await;
     let (status, _) =
         fake_lark::kit::post(&t.bridge.url, &push_at("ev_old_ok", "1608725989")).await;
     assert_eq!(status, 200);
     assert_eq!(t.published(), vec!["ev_old_ok".to_string()]);
+}
+
+#[tokio::test]
+async fn a_day_window_refuses_an_older_replay_and_admits_a_late_redelivery() {
+    // Issue 15 item 9: the recommended window (24 h) admits Lark's last redelivery (~7.1 h
+    // after the first push) even if Lark kept the first push's timestamp, and refuses a
+    // captured request replayed after the dedup TTL.
+    let mut t = start(&[("lark.max_timestamp_skew_secs", "86400")]).await;
+    let now = chrono::Utc::now().timestamp();
+    let late = (now - 7 * 3600 - 600).to_string();
+    let (status, _) = fake_lark::kit::post(&t.bridge.url, &push_at("ev_late", &late)).await;
+    assert_eq!(status, 200);
+    let stale = (now - 86_400 - 60).to_string();
+    let (status, body) = fake_lark::kit::post(&t.bridge.url, &push_at("ev_replay", &stale)).await;
+    assert_eq!(
+        (status, body["msg"].as_str()),
+        (401, Some("request timestamp is outside the allowed window"))
+    );
+    assert_eq!(t.published(), vec!["ev_late".to_string()]);
 }

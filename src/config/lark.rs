@@ -22,7 +22,12 @@ pub struct LarkConfig {
     pub verification_token_file: Option<PathBuf>,
     /// Run with neither key nor token (accepts forged requests). Default false.
     pub allow_unverified: bool,
-    /// Reject signed requests whose timestamp is further than this from now, in s; 0 = off.
+    /// Refuse signed requests whose timestamp is further than this from now, in s; 0 = off.
+    /// Default 0 (decisions.md). 86400 (24 h) is the recommended setting: far past Lark's last
+    /// redelivery (~7.1 h after the first push), so genuine redeliveries pass whether or not
+    /// Lark re-signs them, while a captured request replayed after the dedup TTL (24 h) — or
+    /// after a restart emptied the memory store — is refused once it is a day old. Keep it at
+    /// or below `dedup.ttl_secs`.
     pub max_timestamp_skew_secs: u64,
     /// App ID (long-connection mode).
     pub app_id: Option<String>,

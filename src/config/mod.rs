@@ -176,10 +176,20 @@ impl Config {
             .map_err(|e| ConfigError::Load(e.to_string()))?;
         }
         let raw = b.build().map_err(|e| ConfigError::Load(e.to_string()))?;
-        let mut cfg: Config = raw
-            .try_deserialize()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        // A type error may quote the value it could not read: scrub every secret-looking
+        // value of the raw tree out of the message (issue 15).
+        let load_error = |e: config::ConfigError| {
+            let mut secrets = Vec::new();
+            if let Ok(tree) = raw.clone().try_deserialize::<serde_json::Value>() {
+                secret::raw_secrets(&tree, false, &mut secrets);
+            }
+            // As for the log scrubber: shorter values would mangle the message, hiding nothing.
+            secrets.retain(|s| s.chars().count() >= 4);
+            ConfigError::Load(crate::secrets::scrub(e.to_string(), &secrets))
+        };
+        let mut cfg: Config = raw.clone().try_deserialize().map_err(load_error)?;
         cfg.resolve_secret_files(secret_files)?;
+        crate::secrets::register(cfg.secret_values());
         cfg.validate(secret_files)?;
         Ok(cfg)
     }
@@ -263,6 +273,51 @@ impl Config {
         self.source.validate()?;
         self.sink.validate(budget)?;
         Ok(())
+    }
+
+    /// Every configured secret value, as given and as used (each item of a rotation list, the
+    /// password and user-info of every URL, secret-looking librdkafka properties): what is
+    /// scrubbed from client libraries' error text and from every log line.
+    pub fn secret_values(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let l = &self.lark;
+        for s in [&l.encrypt_key, &l.verification_token, &l.app_secret]
+            .into_iter()
+            .flatten()
+        {
+            out.push(s.expose().to_string());
+            out.extend(split_secret_list(s.expose(), true).unwrap_or_default());
+        }
+        for s in [
+            &self.dedup.redis.password,
+            &self.sink.nats.auth.password,
+            &self.sink.nats.auth.token,
+            &self.dedup.nats.auth.password,
+            &self.dedup.nats.auth.token,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            out.push(s.expose().to_string());
+        }
+        for u in [
+            self.dedup.redis.url.expose(),
+            self.sink.nats.url.expose(),
+            self.dedup.nats.url.expose(),
+            self.sink.kafka.brokers.as_str(),
+        ] {
+            out.extend(secret::url_secrets(u));
+        }
+        for (k, v) in self.sink.kafka.properties.iter() {
+            if is_secret_property(k) {
+                out.push(v.clone());
+                // A JAAS line holds its password as password="…": scrub that alone too, in
+                // case a library quotes only the part it failed on.
+                out.extend(secret::embedded_values(v));
+            }
+        }
+        out.retain(|v| !v.is_empty());
+        out
     }
 
     /// The memory requests can pin at once under these limits (printed by `check-config`; the

@@ -76,10 +76,91 @@ impl Serialize for Url {
     }
 }
 
-/// Whether a librdkafka property holds a secret (decisions.md: password, secret or key).
+/// Whether a librdkafka property holds a secret (decisions.md: password, secret or key; and
+/// the SASL configuration strings that embed credentials: `sasl.jaas.config`,
+/// `sasl.oauthbearer.config`, any `token` or `credentials`).
 pub fn is_secret_property(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    n.contains("password") || n.contains("secret") || n.contains("key")
+    [
+        "password",
+        "secret",
+        "key",
+        "jaas",
+        "oauthbearer.config",
+        "token",
+        "credential",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
+}
+
+/// Whether a config key (its last segment) names a secret, or a table that may hold them
+/// (`sink.kafka.properties`).
+fn is_secret_key(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    !n.ends_with("_file") && (is_secret_property(&n) || n == "properties")
+}
+
+/// Collect the string values of `tree` (the raw config) that sit under a secret-looking key,
+/// and the user-info of every URL in it.
+pub(super) fn raw_secrets(tree: &serde_json::Value, under_secret: bool, out: &mut Vec<String>) {
+    match tree {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                raw_secrets(v, under_secret || is_secret_key(k), out);
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for v in a {
+                raw_secrets(v, under_secret, out);
+            }
+        }
+        serde_json::Value::String(s) => {
+            if under_secret {
+                out.push(s.clone());
+                out.extend(split_secret_list(s, true).unwrap_or_default());
+                out.extend(embedded_values(s));
+            }
+            out.extend(url_secrets(s));
+        }
+        other if under_secret => out.push(other.to_string()),
+        _ => {}
+    }
+}
+
+/// The user-info (and its password part) of every URL in a comma-separated list.
+pub(crate) fn url_secrets(list: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(scheme) = list.find("://") else {
+        return out;
+    };
+    // Everything between a `://` and the last `@` before the next URL is user-info.
+    let rest = &list[scheme + 3..];
+    let end = rest.find("://").unwrap_or(rest.len());
+    if let Some(at) = rest[..end].rfind('@') {
+        let info = &rest[..at];
+        out.push(info.to_string());
+        if let Some((_, pw)) = info.split_once(':') {
+            out.push(pw.to_string());
+        }
+    }
+    if end < rest.len() {
+        out.extend(url_secrets(&rest[end..]));
+    }
+    out.retain(|s| !s.is_empty());
+    out
+}
+
+/// The parts of a SASL configuration string a library may quote alone: the double-quoted
+/// values of a JAAS line (`password="…"`) and the values of `key=value` items
+/// (`sasl.oauthbearer.config`).
+pub(crate) fn embedded_values(s: &str) -> Vec<String> {
+    let quoted = s.split('"').skip(1).step_by(2).map(str::to_string);
+    let pairs = s
+        .split(|c: char| c.is_whitespace() || c == ',' || c == ';')
+        .filter_map(|item| item.split_once('='))
+        .map(|(_, v)| v.trim_matches('"').to_string());
+    quoted.chain(pairs).filter(|v| !v.is_empty()).collect()
 }
 
 /// librdkafka properties. `Debug` and `Serialize` show secret-looking values as `***`.

@@ -3,6 +3,7 @@
 //! publish resolves on the delivery report; `message.timeout.ms` defaults to the response budget
 //! (and may not exceed it), so librdkafka never keeps retrying a message after we answered 503.
 
+use crate::secrets::scrub_known;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,11 +98,11 @@ impl KafkaSink {
         let cc = client_config(cfg, budget);
         let producer: FutureProducer = cc
             .create()
-            .map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
+            .map_err(|e| scrub_known(format!("cannot create the Kafka producer: {e}")))?;
         if cfg.create_topics {
             let admin: AdminClient<DefaultClientContext> = cc
                 .create()
-                .map_err(|e| format!("cannot create the Kafka admin client: {e}"))?;
+                .map_err(|e| scrub_known(format!("cannot create the Kafka admin client: {e}")))?;
             let names: Vec<String> = [&cfg.topic, &cfg.raw_topic, &cfg.deadletter_topic]
                 .into_iter()
                 .filter(|t| t.is_fixed())
@@ -259,7 +260,7 @@ impl Sink for KafkaSink {
             let md = producer
                 .client()
                 .fetch_metadata(None, Duration::from_secs(1))
-                .map_err(|e| format!("kafka: brokers unreachable: {e}"))?;
+                .map_err(|e| scrub_known(format!("kafka: brokers unreachable: {e}")))?;
             if let Some(t) = fixed {
                 match md.topics().iter().find(|x| x.name() == t) {
                     Some(x) if x.error().is_none() && !x.partitions().is_empty() => {}
@@ -269,7 +270,7 @@ impl Sink for KafkaSink {
             Ok(())
         })
         .await
-        .map_err(|e| format!("kafka: check failed: {e}"))?;
+        .map_err(|e| scrub_known(format!("kafka: check failed: {e}")))?;
         // Brokers answer but deliveries keep timing out: the idempotent producer is wedged
         // (seen after a broker lost its state). A fresh producer recovers; the timed-out
         // messages were already answered 503, so Lark redelivers them.

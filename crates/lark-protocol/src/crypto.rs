@@ -2,9 +2,13 @@
 //! first 16 bytes of the base64-decoded text. Decryption is strict: standard base64 with padding,
 //! whole blocks, exact PKCS#7 — the SDKs' leniency would turn garbage into "events".
 
-use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, BlockEncryptMut, KeyIvInit};
+use aes::cipher::{
+    block_padding::{NoPadding, Pkcs7},
+    BlockDecryptMut, BlockEncryptMut, KeyIvInit,
+};
 use base64::Engine;
 use sha2::{Digest, Sha256};
+use subtle::{ConditionallySelectable, ConstantTimeEq, ConstantTimeLess};
 
 type Dec = cbc::Decryptor<aes::Aes256>;
 type Enc = cbc::Encryptor<aes::Aes256>;
@@ -95,6 +99,53 @@ pub fn decrypt_json(
         }
     }
     Err(last)
+}
+
+/// Decrypt for the unsigned path, in constant shape: the same work whether the padding is valid
+/// or not, so its timing is no padding oracle (issue 15). Every key is tried (no early exit);
+/// the padding is checked without branching on it; the padding bytes are then overwritten with
+/// JSON whitespace when valid — left alone when not — and the *whole* block-aligned plaintext is
+/// parsed either way, so both classes parse the same bytes up to the last block. The answer is
+/// decided after all that. `None` on any failure; the caller answers one opaque 401.
+///
+/// Only the decision's inputs are constant-shape: base64 and length errors depend on the text
+/// the caller sent, not on the key, and leak nothing.
+pub fn decrypt_json_constant_shape(
+    keys: &[EncryptKey],
+    b64: &str,
+) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let raw = decode(b64).ok()?;
+    let (iv, ct) = raw.split_at(16);
+    let mut found = None;
+    for key in keys {
+        let mut buf = ct.to_vec();
+        // Whole blocks (decode checked the length), so NoPadding cannot fail.
+        let Ok(len) = Dec::new((&key.aes).into(), iv.into())
+            .decrypt_padded_mut::<NoPadding>(&mut buf)
+            .map(|p| p.len())
+        else {
+            continue;
+        };
+        let plain = &mut buf[..len];
+        let n = plain[len - 1];
+        let mut valid = !n.ct_eq(&0) & n.ct_lt(&17);
+        for i in 0..16u8 {
+            let in_pad = i.ct_lt(&n);
+            valid &= !in_pad | plain[len - 1 - i as usize].ct_eq(&n);
+        }
+        for i in 0..16u8 {
+            let blank = i.ct_lt(&n) & valid;
+            let b = &mut plain[len - 1 - i as usize];
+            *b = u8::conditional_select(b, &b' ', blank);
+        }
+        let parsed = serde_json::from_slice::<serde_json::Value>(&plain[..]);
+        if let (true, Ok(serde_json::Value::Object(m))) = (bool::from(valid), parsed) {
+            if found.is_none() {
+                found = Some(m);
+            }
+        }
+    }
+    found
 }
 
 /// Encrypt as Lark does, with a caller-chosen IV (simulate, tests).

@@ -213,6 +213,13 @@ impl std::fmt::Debug for Verifier {
     }
 }
 
+/// The longest `encrypt` (base64 characters) the unsigned path decrypts. Only a URL verification
+/// may be unsigned, and its plaintext — `{"challenge":"<uuid>","token":"<32 chars>","type":
+/// "url_verification"}` — is about 120 bytes, 200 characters of base64 with the IV. 4 KiB
+/// leaves room for longer challenges and tokens while refusing, before any decryption, the
+/// captured events an attacker would probe (issue 15).
+pub const MAX_UNSIGNED_ENCRYPT_LEN: usize = 4096;
+
 const UNSIGNED: Rejection = Rejection::Unauthorized {
     reason: FailReason::Signature,
     msg: "missing signature headers: only a URL verification may be unsigned",
@@ -311,8 +318,10 @@ impl Verifier {
     fn unsigned_challenge(&self, outer: Map<String, Value>) -> Result<Inbound, Rejection> {
         let plain = match outer.get("encrypt") {
             None => outer,
+            // Longer than any challenge: refused before decrypting (no oracle to probe).
+            Some(Value::String(ct)) if ct.len() > MAX_UNSIGNED_ENCRYPT_LEN => return Err(UNSIGNED),
             Some(Value::String(ct)) => {
-                crypto::decrypt_json(&self.keys, ct).map_err(|_| UNSIGNED)?
+                crypto::decrypt_json_constant_shape(&self.keys, ct).ok_or(UNSIGNED)?
             }
             Some(_) => return Err(UNSIGNED),
         };
