@@ -425,3 +425,46 @@ fn the_helpdesk_family_schemas_reject_an_extra_or_missing_field() {
         }
     }
 }
+
+/// `lark-bridge redrive` judges a dead letter of every helpdesk type with that type's
+/// normalizer: one that normalizes now goes to its own class, one that still fails is re-filed.
+#[test]
+fn redrive_judges_every_helpdesk_type() {
+    use lark_bridge::redrive::{judge, Verdict};
+    use lark_protocol::consumer::CloudEvent;
+    let letter_of = |input: &[u8], reason: &str| {
+        let ev = fake_lark::kit::plain_event(input).unwrap();
+        let out = deadletter::normalize(&ev, reason, RECEIVED_MS, &mut Vec::new()).unwrap();
+        CloudEvent::<Value>::from_structured(&out.structured).unwrap()
+    };
+    for (name, class) in [
+        ("ticket-updated", EventClass::TicketUpdated),
+        ("ticket-message", EventClass::TicketMessageCreated),
+        ("notification-approve", EventClass::NotificationApprove),
+    ] {
+        // Filed under an old reason, normalizable now: redriven to its own class.
+        let full =
+            std::fs::read(root().join(format!("tests/golden/{name}.full.input.json"))).unwrap();
+        match judge(&letter_of(&full, "helpdesk_id is missing"), None, false) {
+            Verdict::Redrive(out) => assert_eq!(out.class, class, "{name}"),
+            v => panic!("{name}: {v:?}"),
+        }
+        // Still refused: re-filed as a dead letter with the same reason.
+        let (refused, input) = golden_cases()
+            .into_iter()
+            .find_map(|(n, input, e)| match e {
+                Expected::Refused(kind) if n.starts_with(name) => Some((kind, input)),
+                _ => None,
+            })
+            .unwrap();
+        let (out, _) = normalize_input(name, &input);
+        let reason = out.unwrap_err().to_string();
+        match judge(&letter_of(&input, &reason), Some(refused.as_str()), false) {
+            Verdict::StillFailing(out) => {
+                assert_eq!(out.class, EventClass::DeadLetter);
+                assert_eq!(out.attrs.deadletterreason.as_deref(), Some(reason.as_str()));
+            }
+            v => panic!("{name}: {v:?}"),
+        }
+    }
+}
