@@ -526,9 +526,10 @@ impl Metrics {
             m.dedup_lost_races.with_label_values(&[backend, op]);
         }
         m.source_info.with_label_values(&[source.as_str()]).set(1);
-        for kind in lark_protocol::normalize::NormalizeError::KINDS {
-            m.deadletters
-                .with_label_values(&[lark_protocol::normalize::TICKET_CREATED, kind]);
+        for event_type in lark_protocol::normalize::HELPDESK_EVENTS {
+            for kind in lark_protocol::normalize::NormalizeError::KINDS {
+                m.deadletters.with_label_values(&[event_type, kind]);
+            }
         }
         m.sink_up.with_label_values(&[sink]).set(0);
         m.dedup_store_up.with_label_values(&[backend]).set(0);

@@ -106,8 +106,8 @@ impl Pipeline {
     ) -> Result<Option<(Outgoing, Option<NormalizeError>)>, PipelineError> {
         let mut warnings = Vec::new();
         let now = now_ms();
-        let normalized = if ev.event_type() == normalize::TICKET_CREATED {
-            normalize::ticket_created::normalize(ev, now, &mut warnings)
+        let normalized = if let Some(normalize) = normalize::normalizer(ev.event_type()) {
+            normalize(ev, now, &mut warnings)
         } else if self.settings.forward_unknown {
             normalize::raw::normalize(ev, now, &mut warnings)
         } else {
@@ -138,7 +138,10 @@ impl Pipeline {
             return Ok(Processed::Ignored);
         };
         let done = match out.class {
-            EventClass::TicketCreated => Processed::Published,
+            EventClass::TicketCreated
+            | EventClass::TicketUpdated
+            | EventClass::TicketMessageCreated
+            | EventClass::NotificationApprove => Processed::Published,
             EventClass::Raw => Processed::Forwarded,
             EventClass::DeadLetter => Processed::DeadLettered,
         };

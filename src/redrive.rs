@@ -119,8 +119,8 @@ pub fn judge(letter: &CloudEvent<Value>, reason: Option<&str>, forward_unknown: 
     };
     let now = now_ms();
     let mut warnings = Vec::new();
-    let normalized = if ev.event_type() == normalize::TICKET_CREATED {
-        normalize::ticket_created::normalize(&ev, now, &mut warnings)
+    let normalized = if let Some(normalize) = normalize::normalizer(ev.event_type()) {
+        normalize(&ev, now, &mut warnings)
     } else if forward_unknown {
         normalize::raw::normalize(&ev, now, &mut warnings)
     } else {

@@ -113,10 +113,15 @@ fn documented_keys(text: &str) -> BTreeMap<String, bool> {
         }
         let body = l.strip_prefix('#').map(str::trim_start).unwrap_or(l);
         let key_line = body.split_once(" = ").and_then(|(k, _)| {
+            // A quoted key that is set may hold dots (`"helpdesk.ticket.updated_v1" = …`);
+            // commented-out examples of pass-through maps (`# "linger.ms" = …`) are not keys.
+            let quoted =
+                !l.starts_with('#') && k.len() > 1 && k.starts_with('"') && k.ends_with('"');
             let k = k.trim_matches('"');
             (!k.is_empty()
-                && k.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                && k.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || (quoted && c == '.')
+                }))
             .then(|| k.to_string())
         });
         match key_line {
@@ -257,6 +262,42 @@ fn other_bad_values_name_their_key() {
     assert!(
         !e.to_string().contains("a,,b"),
         "the secret is in the error: {e}"
+    );
+}
+
+#[test]
+fn per_type_templates_route_the_family_and_keep_the_other_defaults() {
+    let text = format!(
+        "{KEYS}[sink.kafka]\ntopic = \"lark.helpdesk.tickets.v1\"\n\
+         [sink.kafka.topics]\n\"helpdesk.ticket.updated_v1\" = \"lark.helpdesk.tickets.v1\"\n\
+         [sink.nats.subjects]\n\"helpdesk.notification.approve_v1\" = \"n.{{helpdesk_id}}\"\n"
+    );
+    let cfg = load_text(&text, &[], SecretFiles::Skip).unwrap();
+    let k = &cfg.sink.kafka.topics;
+    assert_eq!(k.ticket_updated.to_string(), "lark.helpdesk.tickets.v1");
+    // A key left out keeps its default.
+    assert_eq!(
+        k.ticket_message_created.to_string(),
+        "lark.helpdesk.ticket_message.created.v1"
+    );
+    let n = &cfg.sink.nats.subjects;
+    assert_eq!(n.notification_approve.to_string(), "n.{helpdesk_id}");
+    assert_eq!(
+        n.ticket_updated.to_string(),
+        "lark.helpdesk.ticket.updated.v1.{helpdesk_id}"
+    );
+    // ticket.created keeps its own key; an unknown type is refused by name.
+    assert_fails_naming(
+        "[sink.kafka.topics]\n\"helpdesk.ticket.created_v1\" = \"x\"\n",
+        "helpdesk.ticket.created_v1",
+    );
+    assert_fails_naming(
+        "[sink.nats.subjects]\n\"helpdesk.ticket.updated_v1\" = \"a b\"\n",
+        "sink.nats.subjects.\"helpdesk.ticket.updated_v1\"",
+    );
+    assert_fails_naming(
+        "[sink.kafka.topics]\n\"helpdesk.ticket.updated_v1\" = \"t.{helpdeskid}\"\n",
+        "helpdeskid",
     );
 }
 

@@ -219,19 +219,66 @@ fn channel_addresses_are_the_default_topics_and_subjects() {
         .map(|c| c["address"].as_str().unwrap().to_string())
         .collect();
     let cfg = defaults();
-    for want in [
-        &cfg.sink.kafka.topic,
-        &cfg.sink.kafka.raw_topic,
-        &cfg.sink.kafka.deadletter_topic,
-        &cfg.sink.nats.subject,
-        &cfg.sink.nats.raw_subject,
-        &cfg.sink.nats.deadletter_subject,
-    ] {
+    // Every class's default topic and subject, the helpdesk family's included.
+    let kafka = cfg.sink.kafka.topic_templates();
+    let nats = cfg.sink.nats.subject_templates();
+    assert_eq!(kafka.len() + nats.len(), 12);
+    for (key, want) in kafka.iter().chain(nats.iter()) {
         assert!(
             addresses.contains(&want.to_string()),
-            "asyncapi.yaml has no channel {want}: {addresses:?}"
+            "asyncapi.yaml has no channel {want} ({key}): {addresses:?}"
         );
     }
+    assert_eq!(addresses.len(), 12, "a channel no default publishes to");
+    // The family's channels are named after their type and carry its schemas.
+    for (class, channel) in [
+        (EventClass::TicketCreated, "ticketCreated"),
+        (EventClass::TicketUpdated, "ticketUpdated"),
+        (EventClass::TicketMessageCreated, "ticketMessageCreated"),
+        (EventClass::NotificationApprove, "notificationApprove"),
+    ] {
+        let address = |c: &str| doc["channels"][c]["address"].as_str().unwrap().to_string();
+        assert_eq!(
+            address(&format!("{channel}Kafka")),
+            cfg.sink.kafka.topic_for(class).to_string()
+        );
+        assert_eq!(
+            address(&format!("{channel}Nats")),
+            cfg.sink.nats.subject_for(class).to_string()
+        );
+        // The default topic is the CloudEvents type with `lark.` for `com.larksuite.`, inside
+        // the stream's `lark.helpdesk.>`.
+        let topic = format!(
+            "lark.{}",
+            class
+                .cloudevents_type()
+                .strip_prefix("com.larksuite.")
+                .unwrap()
+        );
+        assert_eq!(cfg.sink.kafka.topic_for(class).to_string(), topic);
+        assert_eq!(
+            cfg.sink.nats.subject_for(class).to_string(),
+            format!("{topic}.{{helpdesk_id}}")
+        );
+        assert!(topic.starts_with("lark.helpdesk."));
+        let file = class
+            .dataschema()
+            .strip_prefix("urn:lark-bridge:schema:")
+            .unwrap()
+            .replace(":v1", ".v1.json");
+        for c in [format!("{channel}Kafka"), format!("{channel}Nats")] {
+            assert_eq!(
+                declared_payload(&doc, &c, "structured"),
+                format!("./cloudevent.{file}")
+            );
+            assert_eq!(declared_payload(&doc, &c, "binary"), format!("./{file}"));
+        }
+    }
+    assert!(cfg
+        .sink
+        .nats
+        .stream_subjects
+        .contains(&"lark.helpdesk.>".to_string()));
     // The NATS subject the seed event really goes to matches the templated address.
     let vars = RouteVars {
         helpdesk_id: Some("6626871355780366330".into()),
@@ -474,8 +521,25 @@ fn every_channel_declares_what_the_sinks_set() {
         lark_protocol::normalize::raw::normalize(&ev, RECEIVED_MS, &mut Vec::new()).unwrap()
     };
     let dead = deadletter_event();
+    let family = |name: &str| {
+        let input =
+            std::fs::read(root().join(format!("tests/golden/{name}.full.input.json"))).unwrap();
+        let ev = fake_lark::kit::plain_event(&input).unwrap();
+        lark_protocol::normalize::normalizer(ev.event_type()).unwrap()(
+            &ev,
+            RECEIVED_MS,
+            &mut Vec::new(),
+        )
+        .unwrap()
+    };
+    let updated = family("ticket-updated");
+    let message = family("ticket-message");
+    let approve = family("notification-approve");
     for (channel, ev) in [
         ("ticketCreated", &ticket),
+        ("ticketUpdated", &updated),
+        ("ticketMessageCreated", &message),
+        ("notificationApprove", &approve),
         ("raw", &raw),
         ("deadLetter", &dead),
     ] {
@@ -563,10 +627,23 @@ fn envelope_schemas_reference_their_data_schema_by_file() {
             "cloudevent.helpdesk.ticket.created.v1.json",
             "helpdesk.ticket.created.v1.json",
         ),
+        (
+            "cloudevent.helpdesk.ticket.updated.v1.json",
+            "helpdesk.ticket.updated.v1.json",
+        ),
+        (
+            "cloudevent.helpdesk.ticket_message.created.v1.json",
+            "helpdesk.ticket_message.created.v1.json",
+        ),
+        (
+            "cloudevent.helpdesk.notification.approve.v1.json",
+            "helpdesk.notification.approve.v1.json",
+        ),
         ("cloudevent.raw.v1.json", "raw.v1.json"),
         ("cloudevent.deadletter.v1.json", "raw.v1.json"),
     ] {
         let env = read(envelope);
+        assert_eq!(env["$id"], envelope, "{envelope}: $id is its file name");
         assert_eq!(
             env["properties"]["data"]["$ref"],
             format!("./{data}"),

@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use lark_protocol::normalize::{raw, ticket_created};
+use lark_protocol::event::{EventClass, Outgoing};
+use lark_protocol::normalize::{self, deadletter, raw, ticket_created, NormalizeError};
 use serde_json::{json, Value};
 
 /// Stands in for the receive time; no golden input lacks Lark's own time.
@@ -23,8 +24,16 @@ fn schema(name: &str) -> Value {
     read_json(&root().join("schemas").join(name))
 }
 
-/// Every golden pair: (name, input bytes, expected normalized value).
-fn golden_pairs() -> Vec<(String, Vec<u8>, Value)> {
+/// What a golden input must give.
+enum Expected {
+    /// `NAME.normalized.json`: exactly this structured event.
+    Normalized(Value),
+    /// `NAME.refused.json` (`{"kind": …}`): refused with this [`NormalizeError::kind`].
+    Refused(String),
+}
+
+/// Every golden pair: (name, input bytes, what it must give).
+fn golden_cases() -> Vec<(String, Vec<u8>, Expected)> {
     let dir = root().join("tests/golden");
     let mut out = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
@@ -33,21 +42,71 @@ fn golden_pairs() -> Vec<(String, Vec<u8>, Value)> {
         let Some(name) = file.strip_suffix(".input.json") else {
             continue;
         };
-        let expected_path = dir.join(format!("{name}.normalized.json"));
-        assert!(expected_path.exists(), "{name} has no .normalized.json");
-        out.push((
-            name.to_string(),
-            std::fs::read(&path).unwrap(),
-            read_json(&expected_path),
-        ));
+        let normalized = dir.join(format!("{name}.normalized.json"));
+        let refused = dir.join(format!("{name}.refused.json"));
+        let expected = match (normalized.exists(), refused.exists()) {
+            (true, false) => Expected::Normalized(read_json(&normalized)),
+            (false, true) => Expected::Refused(
+                read_json(&refused)["kind"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{name}.refused.json has no kind"))
+                    .to_string(),
+            ),
+            _ => panic!("{name} needs exactly one of .normalized.json and .refused.json"),
+        };
+        out.push((name.to_string(), std::fs::read(&path).unwrap(), expected));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
+    // Per helpdesk type after ticket.created: full, minimal, unknown codes, numbers as strings,
+    // a missing required field.
+    for prefix in ["ticket-updated", "ticket-message", "notification-approve"] {
+        let n = out.iter().filter(|c| c.0.starts_with(prefix)).count();
+        assert!(n >= 5, "golden cases of {prefix} went missing");
+    }
     assert!(
-        out.len() >= 9,
+        out.len() >= 24,
         "golden pairs went missing: {:?}",
         out.iter().map(|p| &p.0).collect::<Vec<_>>()
     );
     out
+}
+
+/// The normalized pairs only: (name, input bytes, expected value).
+fn golden_pairs() -> Vec<(String, Vec<u8>, Value)> {
+    golden_cases()
+        .into_iter()
+        .filter_map(|(name, input, e)| match e {
+            Expected::Normalized(v) => Some((name, input, v)),
+            Expected::Refused(_) => None,
+        })
+        .collect()
+}
+
+/// The validators of a CloudEvents `type`.
+fn validators_of(ty: &str) -> Validators {
+    let class = EventClass::HELPDESK
+        .into_iter()
+        .find(|c| c.cloudevents_type() == ty)
+        .unwrap_or_else(|| panic!("not a helpdesk type: {ty}"));
+    let name = class
+        .dataschema()
+        .strip_prefix("urn:lark-bridge:schema:")
+        .unwrap()
+        .replace(":v1", ".v1.json");
+    validators(&format!("cloudevent.{name}"), &name)
+}
+
+/// Normalize a golden input with the normalizer of its Lark event type.
+fn normalize_input(
+    name: &str,
+    input: &[u8],
+) -> (Result<Outgoing, NormalizeError>, Vec<&'static str>) {
+    let ev =
+        fake_lark::kit::plain_event(input).unwrap_or_else(|e| panic!("{name}: input refused: {e}"));
+    let normalize = normalize::normalizer(ev.event_type())
+        .unwrap_or_else(|| panic!("{name}: {} is not normalized", ev.event_type()));
+    let mut warnings = Vec::new();
+    (normalize(&ev, RECEIVED_MS, &mut warnings), warnings)
 }
 
 /// Validates against the schema `main` with `data` registered by its `$id`.
@@ -88,18 +147,30 @@ fn assert_valid(v: &jsonschema::Validator, instance: &Value, what: &str) {
 
 #[test]
 fn every_golden_input_normalizes_to_its_golden_output() {
-    let v = ticket_validators();
-    for (name, input, expected) in golden_pairs() {
-        let ev = fake_lark::kit::plain_event(&input)
-            .unwrap_or_else(|e| panic!("{name}: input refused: {e}"));
-        let mut warnings = Vec::new();
-        let out = ticket_created::normalize(&ev, RECEIVED_MS, &mut warnings)
-            .unwrap_or_else(|e| panic!("{name}: not normalized: {e}"));
+    let bless = std::env::var_os("GOLDEN_BLESS").is_some();
+    for (name, input, expected) in golden_cases() {
+        let (out, _) = normalize_input(&name, &input);
+        let expected = match expected {
+            Expected::Refused(kind) => {
+                let e = out.expect_err(&format!("{name}: must be refused"));
+                assert_eq!(e.kind(), kind, "{name}: refused for another reason: {e}");
+                continue;
+            }
+            Expected::Normalized(v) => v,
+        };
+        let out = out.unwrap_or_else(|e| panic!("{name}: not normalized: {e}"));
         let got: Value = serde_json::from_slice(&out.structured).unwrap();
+        if bless && got != expected {
+            // GOLDEN_BLESS=1 rewrites the file; review the diff before committing it.
+            let path = root().join(format!("tests/golden/{name}.normalized.json"));
+            std::fs::write(&path, serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
+            continue;
+        }
         assert_eq!(
             got, expected,
             "{name}: normalized output differs\n got: {got:#}\nwant: {expected:#}"
         );
+        let v = validators_of(got["type"].as_str().unwrap());
         assert_valid(&v.structured, &got, &format!("{name} output"));
         // Binary mode: the message value is `data` alone, valid against the data schema.
         let data: Value = serde_json::from_slice(&out.data).unwrap();
@@ -112,13 +183,43 @@ fn every_golden_input_normalizes_to_its_golden_output() {
             expected["partitionkey"].as_str().unwrap(),
             "{name}"
         );
+        assert_eq!(
+            out.route.helpdesk_id.as_deref(),
+            Some(out.key()),
+            "{name}: routed by helpdesk_id"
+        );
     }
 }
 
 #[test]
+fn a_refused_golden_input_becomes_a_valid_dead_letter() {
+    let v = validators("cloudevent.deadletter.v1.json", "raw.v1.json");
+    let mut refused = 0;
+    for (name, input, expected) in golden_cases() {
+        let Expected::Refused(kind) = expected else {
+            continue;
+        };
+        let (out, _) = normalize_input(&name, &input);
+        let e = out.unwrap_err();
+        let ev = fake_lark::kit::plain_event(&input).unwrap();
+        let letter =
+            deadletter::normalize(&ev, &e.to_string(), RECEIVED_MS, &mut Vec::new()).unwrap();
+        let got: Value = serde_json::from_slice(&letter.structured).unwrap();
+        assert_valid(&v.structured, &got, &format!("{name} dead letter"));
+        assert_eq!(
+            deadletter::reason_kind(got["deadletterreason"].as_str().unwrap()),
+            Some(kind.as_str()),
+            "{name}"
+        );
+        refused += 1;
+    }
+    assert!(refused >= 3, "one refused case per new type");
+}
+
+#[test]
 fn every_golden_file_is_valid_against_the_schema() {
-    let v = ticket_validators();
     for (name, _, expected) in golden_pairs() {
+        let v = validators_of(expected["type"].as_str().unwrap());
         assert_valid(&v.structured, &expected, &format!("{name}.normalized.json"));
         assert_valid(
             &v.data,
@@ -282,4 +383,88 @@ fn raw_envelope_validates_against_its_schema() {
     let mut token = raw_of(k3.as_bytes());
     token["data"]["header"]["token"] = json!("v");
     assert!(!errors(&v.structured, &token).is_empty());
+}
+
+#[test]
+fn the_helpdesk_family_schemas_reject_an_extra_or_missing_field() {
+    let dir = root().join("tests/golden");
+    for (name, pointers) in [
+        (
+            "ticket-updated.full",
+            &[
+                "/data",
+                "/data/ticket",
+                "/data/previous",
+                "/data/ticket/agents/0",
+            ][..],
+        ),
+        (
+            "ticket-message.full",
+            &["/data", "/data/sender", "/data/content", "/data/ticket"][..],
+        ),
+        ("notification-approve.full", &["/data"][..]),
+    ] {
+        let event = read_json(&dir.join(format!("{name}.normalized.json")));
+        let v = validators_of(event["type"].as_str().unwrap());
+        assert_valid(&v.structured, &event, name);
+        for p in pointers {
+            let mut extra = event.clone();
+            extra.pointer_mut(p).unwrap()["extra"] = json!(1);
+            assert!(
+                !errors(&v.structured, &extra).is_empty(),
+                "{name}: extra key in {p}"
+            );
+            let mut missing = event.clone();
+            let obj = missing.pointer_mut(p).unwrap().as_object_mut().unwrap();
+            let first = obj.keys().next().unwrap().clone();
+            obj.remove(&first);
+            assert!(
+                !errors(&v.structured, &missing).is_empty(),
+                "{name}: {p}/{first} may not be missing"
+            );
+        }
+    }
+}
+
+/// `lark-bridge redrive` judges a dead letter of every helpdesk type with that type's
+/// normalizer: one that normalizes now goes to its own class, one that still fails is re-filed.
+#[test]
+fn redrive_judges_every_helpdesk_type() {
+    use lark_bridge::redrive::{judge, Verdict};
+    use lark_protocol::consumer::CloudEvent;
+    let letter_of = |input: &[u8], reason: &str| {
+        let ev = fake_lark::kit::plain_event(input).unwrap();
+        let out = deadletter::normalize(&ev, reason, RECEIVED_MS, &mut Vec::new()).unwrap();
+        CloudEvent::<Value>::from_structured(&out.structured).unwrap()
+    };
+    for (name, class) in [
+        ("ticket-updated", EventClass::TicketUpdated),
+        ("ticket-message", EventClass::TicketMessageCreated),
+        ("notification-approve", EventClass::NotificationApprove),
+    ] {
+        // Filed under an old reason, normalizable now: redriven to its own class.
+        let full =
+            std::fs::read(root().join(format!("tests/golden/{name}.full.input.json"))).unwrap();
+        match judge(&letter_of(&full, "helpdesk_id is missing"), None, false) {
+            Verdict::Redrive(out) => assert_eq!(out.class, class, "{name}"),
+            v => panic!("{name}: {v:?}"),
+        }
+        // Still refused: re-filed as a dead letter with the same reason.
+        let (refused, input) = golden_cases()
+            .into_iter()
+            .find_map(|(n, input, e)| match e {
+                Expected::Refused(kind) if n.starts_with(name) => Some((kind, input)),
+                _ => None,
+            })
+            .unwrap();
+        let (out, _) = normalize_input(name, &input);
+        let reason = out.unwrap_err().to_string();
+        match judge(&letter_of(&input, &reason), Some(refused.as_str()), false) {
+            Verdict::StillFailing(out) => {
+                assert_eq!(out.class, EventClass::DeadLetter);
+                assert_eq!(out.attrs.deadletterreason.as_deref(), Some(reason.as_str()));
+            }
+            v => panic!("{name}: {v:?}"),
+        }
+    }
 }

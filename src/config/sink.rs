@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use lark_protocol::event::EventClass;
+
 use super::secret::{KafkaProperties, Secret, Url};
 use super::template::Template;
 use super::{units, ConfigError};
@@ -92,8 +94,12 @@ pub struct NatsSinkConfig {
     pub url: Url,
     /// Publish through JetStream and await the PubAck (default); false = core NATS (no ack).
     pub jetstream: bool,
-    /// Subject template for ticket events. Default `lark.helpdesk.ticket.created.v1.{helpdesk_id}`.
+    /// Subject template for `helpdesk.ticket.created_v1`. Default
+    /// `lark.helpdesk.ticket.created.v1.{helpdesk_id}`.
     pub subject: Template,
+    /// Subject templates of the other helpdesk events, keyed by Lark event type (set in the
+    /// file: environment variable names cannot hold the dots).
+    pub subjects: NatsSubjects,
     /// Subject template for raw events. Default `lark.events.raw.v1.{event_type}`.
     pub raw_subject: Template,
     /// Subject template for dead letters. Default `lark.deadletter.v1.{event_type}`.
@@ -119,6 +125,7 @@ impl Default for NatsSinkConfig {
             url: Url::new("nats://127.0.0.1:4222"),
             jetstream: true,
             subject: template("lark.helpdesk.ticket.created.v1.{helpdesk_id}"),
+            subjects: NatsSubjects::default(),
             raw_subject: template("lark.events.raw.v1.{event_type}"),
             deadletter_subject: template("lark.deadletter.v1.{event_type}"),
             stream: "LARK_HELPDESK".into(),
@@ -140,8 +147,14 @@ impl Default for NatsSinkConfig {
 pub struct KafkaSinkConfig {
     /// Bootstrap servers, comma-separated. Default `127.0.0.1:9092`.
     pub brokers: String,
-    /// Topic template for ticket events. Default `lark.helpdesk.ticket.created.v1`.
+    /// Topic template for `helpdesk.ticket.created_v1`. Default
+    /// `lark.helpdesk.ticket.created.v1`.
     pub topic: Template,
+    /// Topic templates of the other helpdesk events, keyed by Lark event type (set in the
+    /// file: environment variable names cannot hold the dots). Route the whole family to one
+    /// topic (the same value here and in `topic`) when a consumer needs one ticket's events in
+    /// order: Kafka orders only within a partition of one topic.
+    pub topics: KafkaTopics,
     /// Topic template for raw events. Default `lark.events.raw.v1`.
     pub raw_topic: Template,
     /// Topic template for dead letters. Default `lark.deadletter.v1`.
@@ -163,6 +176,7 @@ impl Default for KafkaSinkConfig {
         KafkaSinkConfig {
             brokers: "127.0.0.1:9092".into(),
             topic: template("lark.helpdesk.ticket.created.v1"),
+            topics: KafkaTopics::default(),
             raw_topic: template("lark.events.raw.v1"),
             deadletter_topic: template("lark.deadletter.v1"),
             properties: KafkaProperties::default(),
@@ -174,18 +188,141 @@ impl Default for KafkaSinkConfig {
     }
 }
 
+/// Kafka topic templates of the helpdesk events after `ticket.created`, keyed by Lark's event
+/// type (helpdesk-events.md §1). Defaults: the CloudEvents type with `lark.` for `com.larksuite.`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaTopics {
+    /// Default `lark.helpdesk.ticket.updated.v1`.
+    #[serde(rename = "helpdesk.ticket.updated_v1")]
+    pub ticket_updated: Template,
+    /// Default `lark.helpdesk.ticket_message.created.v1`.
+    #[serde(rename = "helpdesk.ticket_message.created_v1")]
+    pub ticket_message_created: Template,
+    /// Default `lark.helpdesk.notification.approve.v1`.
+    #[serde(rename = "helpdesk.notification.approve_v1")]
+    pub notification_approve: Template,
+}
+
+impl Default for KafkaTopics {
+    fn default() -> Self {
+        KafkaTopics {
+            ticket_updated: template("lark.helpdesk.ticket.updated.v1"),
+            ticket_message_created: template("lark.helpdesk.ticket_message.created.v1"),
+            notification_approve: template("lark.helpdesk.notification.approve.v1"),
+        }
+    }
+}
+
+/// NATS subject templates of the helpdesk events after `ticket.created`, keyed by Lark's event
+/// type. Defaults: the CloudEvents type with `lark.` for `com.larksuite.`, then `.{helpdesk_id}` — all
+/// inside the stream's `lark.helpdesk.>`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsSubjects {
+    /// Default `lark.helpdesk.ticket.updated.v1.{helpdesk_id}`.
+    #[serde(rename = "helpdesk.ticket.updated_v1")]
+    pub ticket_updated: Template,
+    /// Default `lark.helpdesk.ticket_message.created.v1.{helpdesk_id}`.
+    #[serde(rename = "helpdesk.ticket_message.created_v1")]
+    pub ticket_message_created: Template,
+    /// Default `lark.helpdesk.notification.approve.v1.{helpdesk_id}`.
+    #[serde(rename = "helpdesk.notification.approve_v1")]
+    pub notification_approve: Template,
+}
+
+impl Default for NatsSubjects {
+    fn default() -> Self {
+        NatsSubjects {
+            ticket_updated: template("lark.helpdesk.ticket.updated.v1.{helpdesk_id}"),
+            ticket_message_created: template(
+                "lark.helpdesk.ticket_message.created.v1.{helpdesk_id}",
+            ),
+            notification_approve: template("lark.helpdesk.notification.approve.v1.{helpdesk_id}"),
+        }
+    }
+}
+
+impl NatsSinkConfig {
+    /// The subject template of events of `class`.
+    pub fn subject_for(&self, class: EventClass) -> &Template {
+        match class {
+            EventClass::TicketCreated => &self.subject,
+            EventClass::TicketUpdated => &self.subjects.ticket_updated,
+            EventClass::TicketMessageCreated => &self.subjects.ticket_message_created,
+            EventClass::NotificationApprove => &self.subjects.notification_approve,
+            EventClass::Raw => &self.raw_subject,
+            EventClass::DeadLetter => &self.deadletter_subject,
+        }
+    }
+
+    /// Every subject template with its config key.
+    pub fn subject_templates(&self) -> [(String, &Template); 6] {
+        templates(|c| self.subject_for(c), "sink.nats", "subject", "subjects")
+    }
+}
+
+impl KafkaSinkConfig {
+    /// The topic template of events of `class`.
+    pub fn topic_for(&self, class: EventClass) -> &Template {
+        match class {
+            EventClass::TicketCreated => &self.topic,
+            EventClass::TicketUpdated => &self.topics.ticket_updated,
+            EventClass::TicketMessageCreated => &self.topics.ticket_message_created,
+            EventClass::NotificationApprove => &self.topics.notification_approve,
+            EventClass::Raw => &self.raw_topic,
+            EventClass::DeadLetter => &self.deadletter_topic,
+        }
+    }
+
+    /// Every topic template with its config key.
+    pub fn topic_templates(&self) -> [(String, &Template); 6] {
+        templates(|c| self.topic_for(c), "sink.kafka", "topic", "topics")
+    }
+}
+
+/// Every class's template with its config key (`{section}.{one}` for ticket.created,
+/// `{section}.{many}."<lark event type>"` for the others, `raw_`/`deadletter_` + `one`).
+fn templates<'a>(
+    of: impl Fn(EventClass) -> &'a Template,
+    section: &str,
+    one: &str,
+    many: &str,
+) -> [(String, &'a Template); 6] {
+    use lark_protocol::normalize as n;
+    [
+        (format!("{section}.{one}"), of(EventClass::TicketCreated)),
+        (
+            format!("{section}.{many}.\"{}\"", n::TICKET_UPDATED),
+            of(EventClass::TicketUpdated),
+        ),
+        (
+            format!("{section}.{many}.\"{}\"", n::TICKET_MESSAGE_CREATED),
+            of(EventClass::TicketMessageCreated),
+        ),
+        (
+            format!("{section}.{many}.\"{}\"", n::NOTIFICATION_APPROVE),
+            of(EventClass::NotificationApprove),
+        ),
+        (format!("{section}.raw_{one}"), of(EventClass::Raw)),
+        (
+            format!("{section}.deadletter_{one}"),
+            of(EventClass::DeadLetter),
+        ),
+    ]
+}
+
 impl SinkConfig {
     pub(super) fn validate(&self, budget: Duration) -> Result<(), ConfigError> {
         let n = &self.nats;
         if n.url.expose().is_empty() {
             return Err(ConfigError::invalid("sink.nats.url", "must not be empty"));
         }
-        let subject = n.subject.to_string();
-        if !subject.starts_with(|c: char| c.is_ascii_alphanumeric()) || subject.contains(' ') {
-            return Err(ConfigError::invalid(
-                "sink.nats.subject",
-                "is not a valid subject template",
-            ));
+        for (key, t) in n.subject_templates() {
+            let subject = t.to_string();
+            if !subject.starts_with(|c: char| c.is_ascii_alphanumeric()) || subject.contains(' ') {
+                return Err(ConfigError::invalid(key, "is not a valid subject template"));
+            }
         }
         let k = &self.kafka;
         if self.kind == SinkKind::Kafka && k.brokers.trim().is_empty() {

@@ -19,7 +19,7 @@ use rdkafka::util::Timeout;
 use super::route::{kafka_topic_char, render_template};
 use super::{Ack, PublishError, Sink};
 use crate::config::{ContentMode, KafkaSinkConfig};
-use lark_protocol::event::{EventClass, Outgoing, DATA_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE};
+use lark_protocol::event::{Outgoing, DATA_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE};
 
 /// The one place the librdkafka configuration is built: our defaults, then the user's
 /// `sink.kafka.properties` (already merged with `properties_file`) on top.
@@ -103,10 +103,12 @@ impl KafkaSink {
             let admin: AdminClient<DefaultClientContext> = cc
                 .create()
                 .map_err(|e| scrub_known(format!("cannot create the Kafka admin client: {e}")))?;
-            let names: Vec<String> = [&cfg.topic, &cfg.raw_topic, &cfg.deadletter_topic]
+            // Every fixed topic once (the family may share one).
+            let names: std::collections::BTreeSet<String> = cfg
+                .topic_templates()
                 .into_iter()
-                .filter(|t| t.is_fixed())
-                .map(|t| t.to_string())
+                .filter(|(_, t)| t.is_fixed())
+                .map(|(_, t)| t.to_string())
                 .collect();
             let topics: Vec<NewTopic> = names
                 .iter()
@@ -181,12 +183,7 @@ impl KafkaSink {
     }
 
     pub fn topic(&self, ev: &Outgoing) -> String {
-        let t = match ev.class {
-            EventClass::TicketCreated => &self.cfg.topic,
-            EventClass::Raw => &self.cfg.raw_topic,
-            EventClass::DeadLetter => &self.cfg.deadletter_topic,
-        };
-        render_template(t, &ev.route, kafka_topic_char)
+        render_template(self.cfg.topic_for(ev.class), &ev.route, kafka_topic_char)
     }
 }
 

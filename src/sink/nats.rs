@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use super::route::{nats_token_char, render_template};
 use super::{Ack, PublishError, Sink};
 use crate::config::{ContentMode, NatsSinkConfig};
-use lark_protocol::event::{EventClass, Outgoing, DATA_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE};
+use lark_protocol::event::{Outgoing, DATA_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE};
 
 pub struct NatsSink {
     client: async_nats::Client,
@@ -142,12 +142,7 @@ impl NatsSink {
 
     /// The subject an event goes to.
     pub fn subject(&self, ev: &Outgoing) -> String {
-        let t = match ev.class {
-            EventClass::TicketCreated => &self.cfg.subject,
-            EventClass::Raw => &self.cfg.raw_subject,
-            EventClass::DeadLetter => &self.cfg.deadletter_subject,
-        };
-        render_template(t, &ev.route, nats_token_char)
+        render_template(self.cfg.subject_for(ev.class), &ev.route, nats_token_char)
     }
 }
 

@@ -10,7 +10,10 @@
 //!
 //! [`CloudEvent::from_message`] tells them apart the way the CloudEvents SDKs do (a
 //! `specversion` attribute header means binary) and returns a [`CloudEvent`] whose `data` is
-//! any [`Deserialize`] type, normally [`TicketData`]:
+//! any [`Deserialize`] type, normally one of the helpdesk `data` types ([`TicketCreated`],
+//! [`TicketUpdated`], [`TicketMessageCreated`], [`NotificationApprove`]; a consumer of a topic
+//! the whole family is routed to reads `CloudEvent<serde_json::Value>` first and dispatches on
+//! `ty`):
 //!
 //! ```
 //! use lark_protocol::consumer::{Binding, TicketCreated};
@@ -48,10 +51,19 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::event::DATA_CONTENT_TYPE;
+use crate::normalize::notification_approve::NotificationApproveData;
 use crate::normalize::ticket_created::TicketData;
+use crate::normalize::ticket_message_created::TicketMessageData;
+use crate::normalize::ticket_updated::TicketUpdatedData;
 
 /// A `com.larksuite.helpdesk.ticket.created.v1` event, as a consumer reads it.
 pub type TicketCreated = CloudEvent<TicketData>;
+/// A `com.larksuite.helpdesk.ticket.updated.v1` event, as a consumer reads it.
+pub type TicketUpdated = CloudEvent<TicketUpdatedData>;
+/// A `com.larksuite.helpdesk.ticket_message.created.v1` event, as a consumer reads it.
+pub type TicketMessageCreated = CloudEvent<TicketMessageData>;
+/// A `com.larksuite.helpdesk.notification.approve.v1` event, as a consumer reads it.
+pub type NotificationApprove = CloudEvent<NotificationApproveData>;
 
 /// A CloudEvent as lark-bridge publishes it (normalized-schema.md §1), owned, with typed `data`.
 ///

@@ -8,6 +8,20 @@ use serde::Serialize;
 pub const TICKET_CREATED_TYPE: &str = "com.larksuite.helpdesk.ticket.created.v1";
 /// `dataschema` of a normalized ticket-created event (its JSON Schema's `$id`).
 pub const TICKET_CREATED_SCHEMA: &str = "urn:lark-bridge:schema:helpdesk.ticket.created:v1";
+/// CloudEvents `type` of a normalized `helpdesk.ticket.updated_v1` event.
+pub const TICKET_UPDATED_TYPE: &str = "com.larksuite.helpdesk.ticket.updated.v1";
+/// `dataschema` of a normalized ticket-updated event.
+pub const TICKET_UPDATED_SCHEMA: &str = "urn:lark-bridge:schema:helpdesk.ticket.updated:v1";
+/// CloudEvents `type` of a normalized `helpdesk.ticket_message.created_v1` event.
+pub const TICKET_MESSAGE_CREATED_TYPE: &str = "com.larksuite.helpdesk.ticket_message.created.v1";
+/// `dataschema` of a normalized ticket-message event.
+pub const TICKET_MESSAGE_CREATED_SCHEMA: &str =
+    "urn:lark-bridge:schema:helpdesk.ticket_message.created:v1";
+/// CloudEvents `type` of a normalized `helpdesk.notification.approve_v1` event.
+pub const NOTIFICATION_APPROVE_TYPE: &str = "com.larksuite.helpdesk.notification.approve.v1";
+/// `dataschema` of a normalized notification-approval event.
+pub const NOTIFICATION_APPROVE_SCHEMA: &str =
+    "urn:lark-bridge:schema:helpdesk.notification.approve:v1";
 /// CloudEvents `type` of any other Lark event, forwarded as Lark sent it.
 pub const RAW_TYPE: &str = "com.larksuite.raw.v1";
 /// `dataschema` of a raw event.
@@ -24,11 +38,69 @@ pub const DATA_CONTENT_TYPE: &str = "application/json";
 pub enum EventClass {
     /// `com.larksuite.helpdesk.ticket.created.v1`.
     TicketCreated,
+    /// `com.larksuite.helpdesk.ticket.updated.v1`.
+    TicketUpdated,
+    /// `com.larksuite.helpdesk.ticket_message.created.v1`.
+    TicketMessageCreated,
+    /// `com.larksuite.helpdesk.notification.approve.v1`.
+    NotificationApprove,
     /// `com.larksuite.raw.v1`: any other Lark event type.
     Raw,
     /// `com.larksuite.raw.v1` with a `deadletterreason`: a verified event the normalizer
     /// refused, kept so it can be redriven once the normalizer is fixed.
     DeadLetter,
+}
+
+impl EventClass {
+    /// The four normalized helpdesk classes, in the order of helpdesk-events.md §1.
+    pub const HELPDESK: [EventClass; 4] = [
+        EventClass::TicketCreated,
+        EventClass::TicketUpdated,
+        EventClass::TicketMessageCreated,
+        EventClass::NotificationApprove,
+    ];
+
+    /// The CloudEvents `type` of the class.
+    pub fn cloudevents_type(self) -> &'static str {
+        match self {
+            EventClass::TicketCreated => TICKET_CREATED_TYPE,
+            EventClass::TicketUpdated => TICKET_UPDATED_TYPE,
+            EventClass::TicketMessageCreated => TICKET_MESSAGE_CREATED_TYPE,
+            EventClass::NotificationApprove => NOTIFICATION_APPROVE_TYPE,
+            EventClass::Raw | EventClass::DeadLetter => RAW_TYPE,
+        }
+    }
+
+    /// The `dataschema` of the class (its data schema's `$id`).
+    pub fn dataschema(self) -> &'static str {
+        match self {
+            EventClass::TicketCreated => TICKET_CREATED_SCHEMA,
+            EventClass::TicketUpdated => TICKET_UPDATED_SCHEMA,
+            EventClass::TicketMessageCreated => TICKET_MESSAGE_CREATED_SCHEMA,
+            EventClass::NotificationApprove => NOTIFICATION_APPROVE_SCHEMA,
+            EventClass::Raw | EventClass::DeadLetter => RAW_SCHEMA,
+        }
+    }
+
+    /// Lark's `header.event_type` of a normalized helpdesk class; `None` for raw and dead
+    /// letters (any type).
+    pub fn lark_event_type(self) -> Option<&'static str> {
+        use crate::normalize;
+        match self {
+            EventClass::TicketCreated => Some(normalize::TICKET_CREATED),
+            EventClass::TicketUpdated => Some(normalize::TICKET_UPDATED),
+            EventClass::TicketMessageCreated => Some(normalize::TICKET_MESSAGE_CREATED),
+            EventClass::NotificationApprove => Some(normalize::NOTIFICATION_APPROVE),
+            EventClass::Raw | EventClass::DeadLetter => None,
+        }
+    }
+
+    /// The class Lark's `event_type` is normalized to, if v1 models it.
+    pub fn from_lark_event_type(event_type: &str) -> Option<EventClass> {
+        Self::HELPDESK
+            .into_iter()
+            .find(|c| c.lark_event_type() == Some(event_type))
+    }
 }
 
 /// CloudEvents context attributes, in the order of normalized-schema.md §1.

@@ -26,12 +26,8 @@ pub fn normalize(
 /// The kind of a dead letter's `deadletterreason` message ([`NormalizeError::kind`]), or
 /// `None` for a message this version does not know.
 pub fn reason_kind(message: &str) -> Option<&'static str> {
-    [
-        NormalizeError::MissingTicketId,
-        NormalizeError::MissingHelpdeskId,
-        NormalizeError::Serialize,
-    ]
-    .into_iter()
-    .find(|e| e.to_string() == message)
-    .map(|e| e.kind())
+    NormalizeError::ALL
+        .into_iter()
+        .find(|e| e.to_string() == message)
+        .map(|e| e.kind())
 }
