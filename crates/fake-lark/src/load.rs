@@ -28,34 +28,16 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
 use lark_bridge::simulate::{
-    challenge_request, lark_request, random_hex, ticket_event, LarkRequest,
+    challenge_request, lark_request, random_hex, ticket_event, LarkRequest, SimulateArgs,
 };
 use lark_protocol::crypto::EncryptKey;
 
 /// What to send.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadArgs {
-    /// The bridge's webhook URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080/webhook/event")]
-    pub url: String,
-    /// Encrypt Key: encrypt and sign every request (as Lark does when one is set).
-    #[arg(long, env = "LARK_SIMULATE_ENCRYPT_KEY", hide_env_values = true)]
-    pub encrypt_key: Option<String>,
-    /// Verification Token to put in each body.
-    #[arg(long, env = "LARK_SIMULATE_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Number of distinct events to send.
-    #[arg(long, default_value_t = 1)]
-    pub count: u64,
-    /// helpdesk_id of the events (the partition key).
-    #[arg(long, default_value = "7090000000000000001")]
-    pub helpdesk_id: String,
-    /// Send a URL-verification challenge instead of events.
-    #[arg(long)]
-    pub challenge: bool,
-    /// Send the legacy v1 envelope instead of v2.
-    #[arg(long)]
-    pub legacy: bool,
+    /// What every request is: the same flags as `lark-bridge simulate`.
+    #[command(flatten)]
+    pub send: SimulateArgs,
     /// Send every event this many times (redeliveries of the same event id).
     #[arg(long, default_value_t = 1)]
     pub copies: u32,
@@ -88,9 +70,6 @@ pub struct LoadArgs {
     /// Write each event id answered 200 to this file (one per line), for loss checks.
     #[arg(long)]
     pub acked_ids_file: Option<std::path::PathBuf>,
-    /// Per-request timeout in ms (Lark waits 3 s).
-    #[arg(long, default_value_t = 3000)]
-    pub timeout_ms: u64,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -107,7 +86,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// A new ticket event request with a fresh id.
 pub fn new_ticket_request(args: &LoadArgs, key: Option<&EncryptKey>) -> LarkRequest {
     let id = random_hex::<16>();
-    let mut plain = ticket_event(&id, &args.helpdesk_id, args.token.as_deref(), args.legacy);
+    let mut plain = ticket_event(
+        &id,
+        &args.send.helpdesk_id,
+        args.send.token.as_deref(),
+        args.send.legacy,
+    );
     if args.unnormalizable_share > 0.0 && rand::random::<f64>() < args.unnormalizable_share {
         if let Some(event) = plain["event"].as_object_mut() {
             event.remove("helpdesk_id");
@@ -431,7 +415,7 @@ struct Tally {
 
 async fn worker(plan: Arc<Plan>, mut transport: Transport) -> Tally {
     let mut t = Tally::default();
-    let timeout = Duration::from_millis(plan.args.timeout_ms);
+    let timeout = Duration::from_millis(plan.args.send.timeout_ms);
     loop {
         let i = plan.next.fetch_add(1, Ordering::Relaxed);
         if plan.limit.is_some_and(|n| i >= n) {
@@ -518,18 +502,22 @@ async fn worker(plan: Arc<Plan>, mut transport: Transport) -> Tally {
 
 /// Run `simulate`. Returns the report (and prints it, or each answer in one-at-a-time mode).
 pub async fn run(args: LoadArgs) -> Result<Report, String> {
-    let key = args.encrypt_key.as_deref().map(EncryptKey::new);
+    let key = args.send.encrypt_key.as_deref().map(EncryptKey::new);
     let concurrency = args.concurrency.max(1);
-    let timeout = Duration::from_millis(args.timeout_ms);
+    let timeout = Duration::from_millis(args.send.timeout_ms);
     if let Some(rate) = args.rate {
         if !(rate.is_finite() && rate > 0.0) {
             return Err(format!("--rate must be a positive number, not {rate}"));
         }
     }
-    let mut transport = Transport::new(&args.url, timeout, concurrency)?;
-    if args.challenge {
+    let mut transport = Transport::new(&args.send.url, timeout, concurrency)?;
+    if args.send.challenge {
         let c = format!("simulate-{}", random_hex::<6>());
-        let r = Prepared::new(challenge_request(&c, args.token.as_deref(), key.as_ref()));
+        let r = Prepared::new(challenge_request(
+            &c,
+            args.send.token.as_deref(),
+            key.as_ref(),
+        ));
         let (status, text) = transport.send(&r, timeout).await?;
         println!("challenge {c}: {status} {}", String::from_utf8_lossy(&text));
         return Ok(Report {
@@ -552,7 +540,7 @@ pub async fn run(args: LoadArgs) -> Result<Report, String> {
         args.concurrency > 1 || args.duration.is_some() || args.rate.is_some() || args.json;
     // Build the bodies before the clock starts: encryption must not slow the generator down.
     let pool_size = match args.duration {
-        None => args.count as usize,
+        None => args.send.count as usize,
         Some(d) => args.pool.unwrap_or_else(|| {
             let estimate = match args.rate {
                 Some(r) => r * d.as_secs_f64() * 1.1,
@@ -572,7 +560,7 @@ pub async fn run(args: LoadArgs) -> Result<Report, String> {
     let cpu_before = cpu_seconds();
     let started = Instant::now();
     let plan = Arc::new(Plan {
-        limit: args.duration.is_none().then_some(args.count),
+        limit: args.duration.is_none().then_some(args.send.count),
         until: args.duration.map(|d| started + d),
         started,
         next: AtomicU64::new(0),
