@@ -19,6 +19,7 @@ pub mod entrance;
 pub mod fdlimit;
 pub mod health;
 pub mod http;
+pub mod lark_api;
 pub mod logging;
 pub mod metrics;
 pub mod natsconn;
@@ -27,6 +28,7 @@ pub mod redrive;
 pub mod secrets;
 pub mod simulate;
 pub mod sink;
+pub mod subscription;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -70,8 +72,8 @@ pub enum StartError {
     /// Lark refused the long connection for good (a client error, lark-longconn.md §2–3).
     #[error("{0}")]
     LarkRefused(String),
-    /// The long connection's HTTP client could not be built.
-    #[error("long connection: cannot build the HTTP client: {0}")]
+    /// An HTTP client (long connection, Lark's open API) could not be built.
+    #[error("cannot build the HTTP client: {0}")]
     HttpClient(#[source] reqwest::Error),
 }
 
@@ -199,8 +201,21 @@ pub struct Listeners {
     pub admin: TcpListener,
 }
 
-/// Build the pipeline for `cfg` over `c`.
-pub fn pipeline(cfg: &Config, c: &Components) -> Arc<Pipeline> {
+/// The client of Lark's open API for `cfg` (subscription, enrichment).
+pub fn lark_api(cfg: &Config, metrics: Arc<Metrics>) -> Result<Arc<lark_api::LarkApi>, StartError> {
+    Ok(Arc::new(
+        lark_api::LarkApi::new(&cfg.lark, metrics).map_err(StartError::HttpClient)?,
+    ))
+}
+
+/// Build the pipeline for `cfg` over `c`; `api` serves the enrichment when it is on.
+pub fn pipeline(cfg: &Config, c: &Components, api: Arc<lark_api::LarkApi>) -> Arc<Pipeline> {
+    let enricher = cfg.enrich.ticket_detail.then(|| {
+        if !api.can_call_helpdesk() {
+            tracing::warn!("enrich.ticket_detail = true but lark.app_id/app_secret and lark.helpdesk_id/helpdesk_token are not all set: every ticket will be published with customized_fields_source = \"unavailable\"");
+        }
+        pipeline::Enricher::new(api, cfg.enrich.budget)
+    });
     Pipeline::new(
         c.dedup.clone(),
         c.sink.clone(),
@@ -211,7 +226,9 @@ pub fn pipeline(cfg: &Config, c: &Components) -> Arc<Pipeline> {
             forward_unknown: cfg.routing.forward_unknown,
             on_store_error: cfg.dedup.on_store_error,
             deadletter: cfg.deadletter.enabled,
+            events: cfg.lark.events.clone(),
         },
+        enricher,
     )
 }
 
@@ -278,9 +295,11 @@ pub async fn run(
         metrics.unverified_mode.set(1);
         tracing::warn!("lark.allow_unverified = true and no encrypt key or token: forged requests will be accepted");
     }
-    let pipeline = pipeline(&cfg, &components);
+    let api = lark_api(&cfg, metrics.clone())?;
+    let pipeline = pipeline(&cfg, &components, api.clone());
     let health = health::Health::new();
     let stop = CancellationToken::new();
+    let subscription = subscription::start(&cfg.lark, api, health.clone(), stop.clone());
     let probes = health.spawn_probes(
         components.sink.clone(),
         components.dedup.clone(),
@@ -358,6 +377,9 @@ pub async fn run(
     let _ = tokio::time::timeout(grace, components.sink.flush()).await;
     stop.cancel();
     let _ = probes.await;
+    if let Some(s) = subscription {
+        let _ = s.await;
+    }
     let _ = admin.await;
     tracing::info!("stopped");
     outcome

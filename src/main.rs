@@ -69,6 +69,9 @@ enum Command {
     /// re-file those that still fail. Prints one line per letter and the counts; exits
     /// non-zero on a broker error.
     Redrive(lark_bridge::redrive::RedriveArgs),
+    /// Subscribe to the helpdesk events of `lark.events` through Lark's API (the bridge also
+    /// does it at start); prints each call's result and exits non-zero when one fails.
+    Subscribe(lark_bridge::subscription::SubscribeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -141,6 +144,12 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 }
             );
             Ok(())
+        }
+        Command::Subscribe(args) => {
+            let cfg = Config::load(cli.config.as_deref(), SecretFiles::Read)?;
+            lark_bridge::subscription::run_command(&cfg, &args)
+                .await
+                .map_err(anyhow::Error::msg)
         }
         Command::Run => {
             let cfg = Config::load(cli.config.as_deref(), SecretFiles::Read)?;

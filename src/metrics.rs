@@ -129,6 +129,10 @@ pub struct Metrics {
     pub body_bytes: Histogram,
     pub source_info: IntGaugeVec,
     pub deadletters: IntCounterVec,
+    /// `lark_bridge_enrich_total{result}`: enrichment attempts (`enrich.ticket_detail`).
+    pub enrich: IntCounterVec,
+    /// `lark_bridge_lark_api_requests_total{api,result}`: HTTP calls to Lark's open API.
+    pub lark_api_requests: IntCounterVec,
     pub longconn: LongConnMetrics,
     /// `lark_bridge_connections{listener}`: open connections per listener.
     pub connections: IntGaugeVec,
@@ -214,6 +218,14 @@ pub const FRAME_KINDS: [&str; 6] = [
     "out_ping",
     "out_reply",
 ];
+/// The `result` label of `lark_bridge_enrich_total`.
+pub const ENRICH_RESULTS: [&str; 3] = ["ok", "timeout", "error"];
+/// The `api` label of `lark_bridge_lark_api_requests_total`.
+pub const LARK_APIS: [&str; 4] = ["tenant_token", "subscribe", "unsubscribe", "ticket_detail"];
+/// The `result` label of `lark_bridge_lark_api_requests_total`: `ok`; `error` (Lark answered
+/// with an error: a non-zero `code` or a 4xx); `unavailable` (network error or 5xx, retried);
+/// `timeout`.
+pub const LARK_API_RESULTS: [&str; 4] = ["ok", "error", "unavailable", "timeout"];
 pub const REPLY_CODES: [&str; 3] = ["200", "400", "500"];
 pub const FRAGMENT_RESULTS: [&str; 3] = ["assembled", "dropped_timeout", "dropped_size"];
 
@@ -375,6 +387,18 @@ impl Metrics {
             dedup_lost_races,
             normalize_warnings,
             deadletters: counter_vec(&r, "lark_bridge_deadletter_total", "Verified events the normalizer refused, published as dead letters, by event type and reason kind.", &["event_type", "reason"]),
+            enrich: counter_vec(
+                &r,
+                "lark_bridge_enrich_total",
+                "Ticket-detail enrichments by result (ok, timeout, error); the event is published either way.",
+                &["result"],
+            ),
+            lark_api_requests: counter_vec(
+                &r,
+                "lark_bridge_lark_api_requests_total",
+                "HTTP calls to Lark's open API by API and result (ok, error, unavailable, timeout).",
+                &["api", "result"],
+            ),
             source_info: gauge_vec(
                 &r,
                 "lark_bridge_source_info",
@@ -538,6 +562,14 @@ impl Metrics {
             .set(1);
         for f in NORMALIZE_FIELDS {
             m.normalize_warnings.with_label_values(&[f]);
+        }
+        for r in ENRICH_RESULTS {
+            m.enrich.with_label_values(&[r]);
+        }
+        for api in LARK_APIS {
+            for r in LARK_API_RESULTS {
+                m.lark_api_requests.with_label_values(&[api, r]);
+            }
         }
         for r in RECONNECT_REASONS {
             m.longconn.reconnects.with_label_values(&[r]);

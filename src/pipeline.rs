@@ -13,10 +13,12 @@ use tracing::Instrument;
 
 use crate::config::OnStoreError;
 use crate::dedup::{DedupStore, Owner, Reservation, Settled};
+use crate::lark_api::LarkApi;
+use crate::logging::warn_limited;
 use crate::metrics::{DedupResult, Metrics, PublishResult, StoreOp};
 use crate::sink::{PublishErrorKind, Sink};
 use lark_protocol::event::{EventClass, Outgoing};
-use lark_protocol::normalize::{self, NormalizeError};
+use lark_protocol::normalize::{self, enrich, NormalizeError};
 use lark_protocol::VerifiedEvent;
 
 /// What happened to an event that was accepted.
@@ -54,6 +56,8 @@ pub struct PipelineSettings {
     pub on_store_error: OnStoreError,
     /// Publish what the normalizer refuses as a dead letter (else: 400).
     pub deadletter: bool,
+    /// `lark.events`: the Lark event types normalized; any other is treated as unknown.
+    pub events: Vec<String>,
 }
 
 pub struct Pipeline {
@@ -61,6 +65,62 @@ pub struct Pipeline {
     sink: Arc<dyn Sink>,
     metrics: Arc<Metrics>,
     settings: PipelineSettings,
+    enricher: Option<Enricher>,
+}
+
+/// `enrich.ticket_detail`: a created or updated ticket's customized fields, fetched from Lark
+/// after the reservation (a duplicate costs no call) and before the publish, within
+/// `enrich.budget_ms`. Best effort: on a timeout or an error the event is published with the
+/// fields it carried and `customized_fields_source = "unavailable"`.
+pub struct Enricher {
+    api: Arc<LarkApi>,
+    budget: Duration,
+}
+
+impl Enricher {
+    pub fn new(api: Arc<LarkApi>, budget: Duration) -> Enricher {
+        Enricher { api, budget }
+    }
+
+    /// `out` enriched, by `deadline` at the latest.
+    async fn enrich(&self, out: Outgoing, deadline: Instant, metrics: &Metrics) -> Outgoing {
+        let Some(ticket_id) = enrich::ticket_to_enrich(&out) else {
+            return out;
+        };
+        let until = deadline.min(Instant::now() + self.budget);
+        let fetched = if self.api.can_call_helpdesk() {
+            tokio::time::timeout_at(until.into(), self.api.ticket_detail(ticket_id, until)).await
+        } else {
+            Ok(Err(crate::lark_api::ApiError::NoHelpdeskCredentials(
+                crate::lark_api::Api::TicketDetail,
+            )))
+        };
+        let (found, result) = match fetched {
+            Ok(Ok(data)) => {
+                match enrich::detail_customized_fields(&data) {
+                    Some(fields) => (Some(fields), "ok"),
+                    None => {
+                        warn_limited!("ticket detail holds no ticket: published without its customized fields");
+                        (None, "error")
+                    }
+                }
+            }
+            Ok(Err(crate::lark_api::ApiError::Timeout(_))) | Err(_) => {
+                warn_limited!(budget_ms = self.budget.as_millis() as u64, "ticket detail not fetched within enrich.budget_ms: published without its customized fields");
+                (None, "timeout")
+            }
+            Ok(Err(e)) => {
+                warn_limited!(error = %e, "ticket detail not fetched: published without its customized fields");
+                (None, "error")
+            }
+        };
+        metrics.enrich.with_label_values(&[result]).inc();
+        match enrich::with_customized_fields(&out, found) {
+            Ok(enriched) => enriched,
+            // Cannot happen for what the normalizer made; publish it as it was rather than lose it.
+            Err(_) => out,
+        }
+    }
 }
 
 use crate::secrets::now_ms;
@@ -88,12 +148,14 @@ impl Pipeline {
         sink: Arc<dyn Sink>,
         metrics: Arc<Metrics>,
         settings: PipelineSettings,
+        enricher: Option<Enricher>,
     ) -> Arc<Self> {
         Arc::new(Pipeline {
             dedup,
             sink,
             metrics,
             settings,
+            enricher,
         })
     }
 
@@ -106,7 +168,9 @@ impl Pipeline {
     ) -> Result<Option<(Outgoing, Option<NormalizeError>)>, PipelineError> {
         let mut warnings = Vec::new();
         let now = now_ms();
-        let normalized = if let Some(normalize) = normalize::normalizer(ev.event_type()) {
+        let normalizer = normalize::normalizer(ev.event_type())
+            .filter(|_| self.settings.events.iter().any(|e| e == ev.event_type()));
+        let normalized = if let Some(normalize) = normalizer {
             normalize(ev, now, &mut warnings)
         } else if self.settings.forward_unknown {
             normalize::raw::normalize(ev, now, &mut warnings)
@@ -180,6 +244,12 @@ impl Pipeline {
                     OnStoreError::Publish => None,
                 }
             }
+        };
+
+        // Enrich (only what will be published: a duplicate has returned above).
+        let out = match &self.enricher {
+            Some(e) => e.enrich(out, deadline, &self.metrics).await,
+            None => out,
         };
 
         // Publish.

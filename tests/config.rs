@@ -158,6 +158,9 @@ fn full_example_is_the_complete_reference_with_defaults() {
         "lark.app_id",
         "lark.app_secret",
         "lark.app_secret_file",
+        "lark.helpdesk_id",
+        "lark.helpdesk_token",
+        "lark.helpdesk_token_file",
         "sink.kafka.properties_file",
         "dedup.redis.password",
         "dedup.redis.password_file",
@@ -729,4 +732,103 @@ brokers = "127.0.0.1:1"
     for secret in ["jaa5-secret", "0auth-secret", "pl41n-secret"] {
         assert!(!err.contains(secret), "{secret} in: {err}");
     }
+}
+
+#[test]
+fn every_key_of_the_full_example_has_a_readme_row() {
+    let text = std::fs::read_to_string(root().join("examples/full.toml")).unwrap();
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let missing: Vec<String> = documented_keys(&text)
+        .into_keys()
+        // Per-type routing maps are described in their own README section.
+        .filter(|k| !k.starts_with("sink.kafka.topics.") && !k.starts_with("sink.nats.subjects."))
+        .filter(|k| !k.starts_with("sink.kafka.properties."))
+        .filter(|k| !readme.contains(&format!("| `{k}` |")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README's configuration reference misses {missing:?}"
+    );
+}
+
+#[test]
+fn the_enrichment_budget_must_leave_time_for_the_publish() {
+    let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        let mut v = vec![(
+            "LARK_BRIDGE__LARK__ENCRYPT_KEY".to_string(),
+            "k".to_string(),
+        )];
+        v.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        v
+    };
+    let err = Config::load_from(
+        None,
+        &env(&[
+            ("LARK_BRIDGE__ENRICH__TICKET_DETAIL", "true"),
+            ("LARK_BRIDGE__ENRICH__BUDGET_MS", "2500"),
+        ]),
+        SecretFiles::Read,
+    )
+    .unwrap_err();
+    assert_eq!(err.key(), Some("enrich.budget_ms"));
+    assert!(
+        err.to_string()
+            .contains("server.response_budget_ms (2500 ms)"),
+        "{err}"
+    );
+    // Off: not checked (a short response budget need not carry an unused setting).
+    Config::load_from(
+        None,
+        &env(&[("LARK_BRIDGE__SERVER__RESPONSE_BUDGET_MS", "300")]),
+        SecretFiles::Read,
+    )
+    .unwrap();
+    let ok = Config::load_from(
+        None,
+        &env(&[("LARK_BRIDGE__ENRICH__TICKET_DETAIL", "true")]),
+        SecretFiles::Read,
+    )
+    .unwrap();
+    assert_eq!(ok.enrich.budget, std::time::Duration::from_millis(800));
+}
+
+#[test]
+fn lark_events_and_helpdesk_credentials_are_checked() {
+    let load = |pairs: &[(&str, &str)]| {
+        let mut v = vec![(
+            "LARK_BRIDGE__LARK__ENCRYPT_KEY".to_string(),
+            "k".to_string(),
+        )];
+        v.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Config::load_from(None, &v, SecretFiles::Read)
+    };
+    let cfg = load(&[]).unwrap();
+    assert_eq!(
+        cfg.lark.events.len(),
+        4,
+        "the four helpdesk events by default"
+    );
+    let two = load(&[(
+        "LARK_BRIDGE__LARK__EVENTS",
+        "helpdesk.ticket.created_v1,helpdesk.ticket.updated_v1",
+    )])
+    .unwrap();
+    assert_eq!(
+        two.lark.events,
+        ["helpdesk.ticket.created_v1", "helpdesk.ticket.updated_v1"]
+    );
+    let err = load(&[("LARK_BRIDGE__LARK__EVENTS", "im.message.receive_v1")]).unwrap_err();
+    assert_eq!(err.key(), Some("lark.events"));
+    assert!(err.to_string().contains("routing.forward_unknown"), "{err}");
+    let err = load(&[("LARK_BRIDGE__LARK__HELPDESK_ID", "1")]).unwrap_err();
+    assert_eq!(err.key(), Some("lark.helpdesk_token"));
+    let err = load(&[("LARK_BRIDGE__LARK__HELPDESK_TOKEN", "secret-helpdesk-token")]).unwrap_err();
+    assert!(!err.to_string().contains("secret-helpdesk-token"));
+    let cfg = load(&[
+        ("LARK_BRIDGE__LARK__HELPDESK_ID", "1"),
+        ("LARK_BRIDGE__LARK__HELPDESK_TOKEN", "secret-helpdesk-token"),
+    ])
+    .unwrap();
+    assert!(!cfg.to_redacted_toml().contains("secret-helpdesk-token"));
+    assert!(!format!("{:?}", cfg.lark).contains("secret-helpdesk-token"));
 }

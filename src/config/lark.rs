@@ -35,8 +35,28 @@ pub struct LarkConfig {
     pub app_secret: Option<Secret>,
     /// File holding the App Secret.
     pub app_secret_file: Option<PathBuf>,
-    /// Lark's open-platform base URL. Default `https://open.feishu.cn`.
+    /// Lark's open-platform base URL: `https://open.feishu.cn` (default, Feishu) or
+    /// `https://open.larksuite.com` (Lark international). The long connection and the open API
+    /// (subscription, ticket detail) both use it.
     pub domain: String,
+    /// The Lark event types the bridge subscribes to and normalizes. Default: the four
+    /// helpdesk events. A helpdesk type left out is treated as any other type (ignored, or
+    /// forwarded raw with `routing.forward_unknown`).
+    pub events: Vec<String>,
+    /// Helpdesk ID (helpdesk admin console → settings → API): with `helpdesk_token`, the
+    /// `X-Lark-Helpdesk-Authorization` of the helpdesk API calls.
+    pub helpdesk_id: Option<String>,
+    /// Helpdesk token (helpdesk admin console → settings → API). A secret.
+    pub helpdesk_token: Option<Secret>,
+    /// File holding the helpdesk token.
+    pub helpdesk_token_file: Option<PathBuf>,
+    /// Subscribe to `events` at start when the app and helpdesk credentials are set (retried
+    /// with backoff until Lark accepts; `/readyz` says why meanwhile). Default true.
+    pub subscribe: bool,
+    /// `api_timeout_ms`: the timeout of one open-API call (token, subscription), in ms.
+    /// Enrichment calls are bounded by `enrich.budget_ms` instead. Default 5000.
+    #[serde(rename = "api_timeout_ms", with = "super::units::millis")]
+    pub api_timeout: std::time::Duration,
 }
 
 impl Default for LarkConfig {
@@ -52,11 +72,40 @@ impl Default for LarkConfig {
             app_secret: None,
             app_secret_file: None,
             domain: "https://open.feishu.cn".into(),
+            events: lark_protocol::normalize::HELPDESK_EVENTS
+                .map(String::from)
+                .to_vec(),
+            helpdesk_id: None,
+            helpdesk_token: None,
+            helpdesk_token_file: None,
+            subscribe: true,
+            api_timeout: std::time::Duration::from_millis(5000),
         }
     }
 }
 
 impl LarkConfig {
+    /// The app credentials, when both are set (the open API's tenant token needs them).
+    pub fn app_credentials(&self) -> Option<(&str, &Secret)> {
+        match (self.app_id.as_deref(), &self.app_secret) {
+            (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => Some((id, secret)),
+            _ => None,
+        }
+    }
+
+    /// The helpdesk credentials, when both are set (the helpdesk API calls need them).
+    pub fn helpdesk_credentials(&self) -> Option<(&str, &Secret)> {
+        match (self.helpdesk_id.as_deref(), &self.helpdesk_token) {
+            (Some(id), Some(token)) if !id.is_empty() && !token.is_empty() => Some((id, token)),
+            _ => None,
+        }
+    }
+
+    /// True when `event_type` is one the bridge normalizes (listed in `events`).
+    pub fn normalizes(&self, event_type: &str) -> bool {
+        self.events.iter().any(|e| e == event_type)
+    }
+
     pub(super) fn validate(
         &self,
         source: SourceKind,
@@ -73,6 +122,37 @@ impl LarkConfig {
                 split_secret_list(t.expose(), self.verification_token_file.is_some())
                     .map_err(|e| ConfigError::invalid("lark.verification_token", e))?;
             }
+        }
+        for e in &self.events {
+            if !lark_protocol::normalize::HELPDESK_EVENTS.contains(&e.as_str()) {
+                return Err(ConfigError::invalid(
+                    "lark.events",
+                    format!(
+                        "{e:?} is not a helpdesk event the bridge can subscribe to and normalize (one of {}); other event types are forwarded raw with routing.forward_unknown",
+                        lark_protocol::normalize::HELPDESK_EVENTS.join(", ")
+                    ),
+                ));
+            }
+        }
+        if self.helpdesk_id.as_deref().is_some_and(|id| !id.is_empty())
+            != (self.helpdesk_token.is_some() || self.helpdesk_token_file.is_some())
+        {
+            return Err(ConfigError::invalid(
+                "lark.helpdesk_token",
+                "lark.helpdesk_id and lark.helpdesk_token (or _file) are set together",
+            ));
+        }
+        if self.api_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "lark.api_timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+        if !(self.domain.starts_with("http://") || self.domain.starts_with("https://")) {
+            return Err(ConfigError::invalid(
+                "lark.domain",
+                "must be an http(s) URL",
+            ));
         }
         match source {
             SourceKind::Webhook => {
@@ -94,12 +174,6 @@ impl LarkConfig {
                     return Err(ConfigError::invalid(
                         "lark.app_secret",
                         "is required when source.kind = \"long_connection\"",
-                    ));
-                }
-                if !(self.domain.starts_with("http://") || self.domain.starts_with("https://")) {
-                    return Err(ConfigError::invalid(
-                        "lark.domain",
-                        "must be an http(s) URL",
                     ));
                 }
             }

@@ -5,11 +5,12 @@
 //! offending key.
 //!
 //! One file per section: [`server`] (and `[admin]`), [`lark`], [`source`], [`sink`] (and
-//! `[routing]`), [`dedup`], [`deadletter`], [`log`]; [`secret`] for secret values, [`template`] for topic and
+//! `[routing]`), [`dedup`], [`deadletter`], [`enrich`], [`log`]; [`secret`] for secret values, [`template`] for topic and
 //! subject templates, `units` for the serde helpers.
 
 pub mod deadletter;
 pub mod dedup;
+pub mod enrich;
 pub mod lark;
 pub mod log;
 pub mod secret;
@@ -27,6 +28,7 @@ pub use deadletter::DeadLetterConfig;
 pub use dedup::{
     DedupBackend, DedupConfig, MemoryDedupConfig, NatsDedupConfig, OnStoreError, RedisDedupConfig,
 };
+pub use enrich::EnrichConfig;
 pub use lark::LarkConfig;
 pub use log::{LogConfig, LogFormat};
 pub use secret::{is_secret_property, redact_url, split_secret_list, KafkaProperties, Secret, Url};
@@ -102,7 +104,7 @@ fn positive(v: u64, key: &str) -> Result<(), ConfigError> {
 }
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[&str] = &["sink.nats.stream_subjects"];
+const LIST_KEYS: &[&str] = &["sink.nats.stream_subjects", "lark.events"];
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -124,6 +126,8 @@ pub struct Config {
     pub dedup: DedupConfig,
     /// `[deadletter]`: verified events the normalizer refuses.
     pub deadletter: DeadLetterConfig,
+    /// `[enrich]`: what the bridge fetches from Lark's API to complete an event.
+    pub enrich: EnrichConfig,
     /// `[log]`: logs.
     pub log: LogConfig,
 }
@@ -214,6 +218,12 @@ impl Config {
             "lark.app_secret",
             mode,
         )?;
+        secret::resolve(
+            &mut l.helpdesk_token,
+            &l.helpdesk_token_file,
+            "lark.helpdesk_token",
+            mode,
+        )?;
         let r = &mut self.dedup.redis;
         secret::resolve(
             &mut r.password,
@@ -272,6 +282,7 @@ impl Config {
         self.lark.validate(self.source.kind, mode)?;
         self.source.validate()?;
         self.sink.validate(budget)?;
+        self.enrich.validate(budget)?;
         Ok(())
     }
 
@@ -281,9 +292,14 @@ impl Config {
     pub fn secret_values(&self) -> Vec<String> {
         let mut out = Vec::new();
         let l = &self.lark;
-        for s in [&l.encrypt_key, &l.verification_token, &l.app_secret]
-            .into_iter()
-            .flatten()
+        for s in [
+            &l.encrypt_key,
+            &l.verification_token,
+            &l.app_secret,
+            &l.helpdesk_token,
+        ]
+        .into_iter()
+        .flatten()
         {
             out.push(s.expose().to_string());
             out.extend(split_secret_list(s.expose(), true).unwrap_or_default());

@@ -172,6 +172,8 @@ struct Shared {
     body_bytes_sent: Arc<AtomicU64>,
     addr: SocketAddr,
     stop: CancellationToken,
+    /// The open API (token, subscription, ticket detail), served on the same address.
+    api: crate::openapi::OpenApi,
 }
 
 impl Shared {
@@ -208,11 +210,13 @@ impl FakeLark {
             body_bytes_sent: Arc::default(),
             addr,
             stop: CancellationToken::new(),
+            api: crate::openapi::OpenApi::default(),
         });
         let router = Router::new()
             .route("/callback/ws/endpoint", post(endpoint))
             .route("/ws/v2", get(ws_handshake))
-            .with_state(shared.clone());
+            .with_state(shared.clone())
+            .merge(shared.api.router());
         let stop = shared.stop.clone();
         tokio::spawn(async move {
             let _ = axum::serve(listener, router)
@@ -221,6 +225,11 @@ impl FakeLark {
         });
         tokio::spawn(pump(shared.clone()));
         Ok(FakeLark { shared })
+    }
+
+    /// The open API's fake (token, subscription, ticket detail): its calls and behaviour.
+    pub fn api(&self) -> &crate::openapi::OpenApi {
+        &self.shared.api
     }
 
     /// The base URL, for `lark.domain`.
@@ -878,6 +887,17 @@ pub struct FakeLarkArgs {
     /// ReconnectCount: reconnect attempts after a failure (-1 = forever).
     #[arg(long, default_value_t = -1)]
     pub reconnect_count: i64,
+    /// Deliver `--count` ticket stories instead of single events: created (bot) → updated (bot →
+    /// human) → a guest's message → an agent's message → updated (closed, rated), each sent
+    /// once the one before is acknowledged, so they reach the broker in order.
+    #[arg(long)]
+    pub story: bool,
+    /// Answer open-API calls (token, subscription, ticket detail) this much later, in ms.
+    #[arg(long, default_value_t = 0)]
+    pub api_delay_ms: u64,
+    /// `expire` of the tenant tokens issued, in s (Lark: 7200).
+    #[arg(long, default_value_t = 7200)]
+    pub token_expire_secs: u64,
 }
 
 /// Run the fake until `shutdown`: deliver `--count` events to the first bridge that connects
@@ -915,8 +935,12 @@ pub async fn run_cli(
     let fake = FakeLark::start(listener, behaviour)
         .await
         .map_err(|e| format!("fake-lark: {e}"))?;
+    fake.api().set(|b| {
+        b.delay = Duration::from_millis(args.api_delay_ms);
+        b.token_expire_secs = args.token_expire_secs;
+    });
     println!(
-        "fake Lark listening: set lark.domain = \"{}\" (any app_id / app_secret) and source.kind = \"long_connection\"",
+        "fake Lark listening: set lark.domain = \"{}\" (any app_id / app_secret, helpdesk_id / helpdesk_token) and source.kind = \"long_connection\"",
         fake.base_url()
     );
     let work = async {
@@ -924,7 +948,28 @@ pub async fn run_cli(
             .await;
         println!("bridge connected: {}", fake.device_ids().join(", "));
         let mut ids = Vec::new();
-        for _ in 0..args.count {
+        if args.story {
+            for _ in 0..args.count {
+                for (event_id, event_type, plain) in
+                    lark_bridge::simulate::ticket_story(&args.helpdesk_id, Some(""))
+                {
+                    let msg = fake.deliver(
+                        serde_json::to_vec(&plain).unwrap_or_default(),
+                        args.fragment_size,
+                    );
+                    println!("sent {msg} ({event_id}, {event_type})");
+                    let done = fake
+                        .wait_until(Duration::MAX, |f| {
+                            (f.acked(&msg) || f.attempts(&msg) >= args.max_attempts.max(1))
+                                .then_some(())
+                        })
+                        .await;
+                    let _ = done;
+                    ids.push((msg, event_id));
+                }
+            }
+        }
+        for _ in 0..if args.story { 0 } else { args.count } {
             let event_id = format!("ev_fake_{:016x}", rand::random::<u64>());
             let msg = fake.deliver(
                 ticket_payload(&event_id, &args.helpdesk_id),

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::ticket_created::{CustomizedField, TicketData};
+use super::ticket_created::{CustomizedField, TicketData, FIELDS_FROM_EVENT};
 use super::{NormalizeError, Warnings};
 use crate::time;
 
@@ -203,25 +203,7 @@ pub(crate) fn ticket_fields(
         },
         "other",
     );
-    let customized_fields = match e.get("customized_fields") {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(Value::as_object)
-            .map(|f| {
-                let get = |k: &str| f.get(k).cloned().unwrap_or(Value::Null);
-                CustomizedField {
-                    id: get("id"),
-                    value: get("value"),
-                    key_name: get("key_name"),
-                    display_name: get("display_name"),
-                    position: get("position"),
-                    required: get("required"),
-                    editable: get("editable"),
-                }
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
+    let customized_fields = customized_fields(e.get("customized_fields"));
     Ok(TicketData {
         ticket_id,
         helpdesk_id,
@@ -240,7 +222,33 @@ pub(crate) fn ticket_fields(
         closed_at: timestamp(e.get("closed_at"), "closed_at", warnings),
         chat_id: opt_str(e.get("chat_id")),
         customized_fields,
+        customized_fields_source: Cow::Borrowed(FIELDS_FROM_EVENT),
     })
+}
+
+/// Lark's `customized_fields` array, each item passed through member by member (`null` when
+/// missing); anything but an array of objects gives none. Shared by the normalizer and the
+/// ticket-detail enrichment.
+pub fn customized_fields(v: Option<&Value>) -> Vec<CustomizedField> {
+    match v {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_object)
+            .map(|f| {
+                let get = |k: &str| f.get(k).cloned().unwrap_or(Value::Null);
+                CustomizedField {
+                    id: get("id"),
+                    value: get("value"),
+                    key_name: get("key_name"),
+                    display_name: get("display_name"),
+                    position: get("position"),
+                    required: get("required"),
+                    editable: get("editable"),
+                }
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// The ticket object of `ticket.updated.v1` and `ticket_message.created.v1`

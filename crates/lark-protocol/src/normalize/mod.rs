@@ -2,6 +2,7 @@
 //! is passed in). One file per event type; `raw` is the generic envelope for all others.
 
 pub mod deadletter;
+pub mod enrich;
 pub mod fields;
 pub mod notification_approve;
 pub mod raw;

@@ -57,6 +57,23 @@ pub struct TicketData {
     /// Lark's `customized_fields`, passed through; empty when absent.
     #[serde(default)]
     pub customized_fields: Vec<CustomizedField>,
+    /// Where `customized_fields` came from (v1 additive): [`FIELDS_FROM_EVENT`],
+    /// [`FIELDS_FROM_API`] (`enrich.ticket_detail` fetched the ticket) or
+    /// [`FIELDS_UNAVAILABLE`] (enrichment was asked for but failed: the event's own, usually
+    /// none, are kept). A consumer reading an event from before the field existed gets `event`.
+    #[serde(default = "from_event")]
+    pub customized_fields_source: Cow<'static, str>,
+}
+
+/// `customized_fields_source`: the fields are those Lark's event carried (maybe none).
+pub const FIELDS_FROM_EVENT: &str = "event";
+/// `customized_fields_source`: the fields come from Lark's ticket-detail API.
+pub const FIELDS_FROM_API: &str = "api";
+/// `customized_fields_source`: enrichment was asked for but the API gave nothing in time.
+pub const FIELDS_UNAVAILABLE: &str = "unavailable";
+
+fn from_event() -> Cow<'static, str> {
+    Cow::Borrowed(FIELDS_FROM_EVENT)
 }
 
 /// The ticket's guest: a [`User`] from Lark's `guest.id.*`, `guest.name`, `guest.avatar_url`
