@@ -2,16 +2,18 @@
 //!
 //! The data walks one way, and the module map follows it:
 //!
-//! - [`http`] — the webhook entrance (axum) and the admin listener; [`source`] — the
-//!   long-connection entrance. Both hand verified events to the pipeline.
-//! - [`lark`] — Lark's push protocol, pure: signature, decryption, envelopes. Only
-//!   [`lark::Verifier`] constructs a [`lark::VerifiedEvent`].
-//! - [`pipeline`] — normalize → dedup reserve → publish → dedup commit.
-//! - [`normalize`] — Lark event → CloudEvent v1, pure; [`event`] — the published form.
+//! - [`entrance`] — the webhook entrance and the long-connection entrance, over one contract;
+//!   [`http`] — the accept loop and the admin listener. Both entrances hand verified events
+//!   (`lark_protocol::VerifiedEvent`, constructed only by `lark_protocol::Verifier`) to the
+//!   pipeline.
+//! - [`pipeline`] — normalize (pure, in `lark_protocol::normalize`) → dedup reserve → enrich
+//!   (optional) → publish → dedup commit.
 //! - [`dedup`] and [`sink`] — the ports: stores and brokers behind small traits.
-//! - [`config`], [`metrics`], [`health`], [`logging`] — the supporting cast.
-//! - [`simulate`] — Lark's side of the protocol, for the quickstart, tests and load;
-//!   [`fakelark`] — Lark's side of the long connection.
+//! - [`lark_api`] — Lark's open API (tenant token, helpdesk subscription, ticket detail);
+//!   [`subscription`] — subscribing at start and `lark-bridge subscribe`.
+//! - [`config`], [`metrics`], [`health`], [`logging`], [`secrets`] — the supporting cast.
+//! - [`simulate`] — Lark's side of the push protocol, for the smoke test (and the load
+//!   generator of the `fake-lark` crate); [`redrive`] — dead letters back after a fix.
 
 pub mod config;
 pub mod dedup;
@@ -202,7 +204,10 @@ pub struct Listeners {
 }
 
 /// The client of Lark's open API for `cfg` (subscription, enrichment).
-pub fn lark_api(cfg: &Config, metrics: Arc<Metrics>) -> Result<Arc<lark_api::LarkApi>, StartError> {
+pub fn build_lark_api(
+    cfg: &Config,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<lark_api::LarkApi>, StartError> {
     Ok(Arc::new(
         lark_api::LarkApi::new(&cfg.lark, metrics).map_err(StartError::HttpClient)?,
     ))
@@ -295,7 +300,7 @@ pub async fn run(
         metrics.unverified_mode.set(1);
         tracing::warn!("lark.allow_unverified = true and no encrypt key or token: forged requests will be accepted");
     }
-    let api = lark_api(&cfg, metrics.clone())?;
+    let api = build_lark_api(&cfg, metrics.clone())?;
     let pipeline = pipeline(&cfg, &components, api.clone());
     let health = health::Health::new();
     let stop = CancellationToken::new();

@@ -53,6 +53,7 @@ credentials also go to the NATS KV dedup store (dedupNats) when dedup.backend is
 encrypt_key: {value: encryptKey, config: [lark, encrypt_key_file]}
 verification_token: {value: verificationToken, config: [lark, verification_token_file]}
 app_secret: {value: appSecret, config: [lark, app_secret_file]}
+helpdesk_token: {value: helpdeskToken, config: [lark, helpdesk_token_file]}
 redis_password: {value: redisPassword, config: [dedup, redis, password_file]}
 nats_password: {value: natsPassword, config: [sink, nats, password_file], dedupNats: [dedup, nats, password_file]}
 nats_token: {value: natsToken, config: [sink, nats, token_file], dedupNats: [dedup, nats, token_file]}
