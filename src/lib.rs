@@ -107,6 +107,23 @@ fn budget(cfg: &Config) -> Duration {
     cfg.server.response_budget
 }
 
+/// The event classes this configuration can publish: the helpdesk types of `lark.events`, raw
+/// events when forwarded, dead letters when enabled.
+pub fn used_classes(cfg: &Config) -> Vec<lark_protocol::event::EventClass> {
+    use lark_protocol::event::EventClass;
+    let mut v: Vec<EventClass> = EventClass::HELPDESK
+        .into_iter()
+        .filter(|c| c.lark_event_type().is_some_and(|t| cfg.lark.normalizes(t)))
+        .collect();
+    if cfg.routing.forward_unknown {
+        v.push(EventClass::Raw);
+    }
+    if cfg.deadletter.enabled {
+        v.push(EventClass::DeadLetter);
+    }
+    v
+}
+
 /// Connect the configured sink.
 pub async fn build_sink(cfg: &Config) -> Result<Arc<dyn Sink>, StartError> {
     match cfg.sink.kind {
@@ -121,16 +138,17 @@ pub async fn build_sink(cfg: &Config) -> Result<Arc<dyn Sink>, StartError> {
                     })?,
             )
         }
-        SinkKind::Kafka => {
-            Ok(
-                sink::kafka::KafkaSink::connect(&cfg.sink.kafka, cfg.sink.mode, budget(cfg))
-                    .await
-                    .map_err(|reason| StartError::Sink {
-                        key: "sink.kafka",
-                        reason,
-                    })?,
-            )
-        }
+        SinkKind::Kafka => Ok(sink::kafka::KafkaSink::connect(
+            &cfg.sink.kafka,
+            cfg.sink.mode,
+            budget(cfg),
+            &used_classes(cfg),
+        )
+        .await
+        .map_err(|reason| StartError::Sink {
+            key: "sink.kafka",
+            reason,
+        })?),
     }
 }
 

@@ -55,8 +55,14 @@ fn murmur2_matches_kafkas_own_test_vectors() {
     assert_eq!(murmur2(b"abc"), 479_470_107);
 }
 
+/// Kafka with ticket.created only (no dead letters): the tests create just its topic.
 fn kafka_cfg(brokers: &str, extra: &[(&str, &str)]) -> lark_bridge::config::Config {
-    let mut pairs = vec![("sink.kind", "kafka"), ("sink.kafka.brokers", brokers)];
+    let mut pairs = vec![
+        ("sink.kind", "kafka"),
+        ("sink.kafka.brokers", brokers),
+        ("lark.events", "helpdesk.ticket.created_v1"),
+        ("deadletter.enabled", "false"),
+    ];
     pairs.extend_from_slice(extra);
     config(&pairs)
 }
@@ -160,18 +166,28 @@ async fn binary_mode_headers() {
 async fn missing_topic_is_reported_by_readyz_and_create_topics_creates_it() {
     let tansu = start_tansu().await;
     let brokers = format!("127.0.0.1:{}", tansu.port);
+    let first_probe = |b: &serde_json::Value| b["failed"]["sink"] != "not checked yet";
     let bridge = Bridge::from_config(kafka_cfg(&brokers, &[])).await;
-    // Poll until the first probe has run (before it, readiness says "not checked yet").
-    let mut ready = serde_json::Value::Null;
-    for _ in 0..100 {
-        ready = bridge.wait_ready(503).await;
-        if ready["failed"]["sink"] != "not checked yet" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let ready = bridge.wait_ready_where(503, first_probe).await;
     assert_eq!(
         ready["failed"]["sink"], "kafka: topic lark.helpdesk.ticket.created.v1 missing",
+        "{ready}"
+    );
+    bridge.stop().await.expect("clean shutdown");
+
+    // With the defaults, every topic an event may go to is required: the four helpdesk
+    // types of lark.events and the dead letters (raw events are not forwarded by default).
+    let mut created_only = kafka_cfg(&brokers, &[]);
+    created_only.lark.events = lark_protocol::normalize::HELPDESK_EVENTS
+        .map(String::from)
+        .to_vec();
+    created_only.deadletter.enabled = true;
+    create_topic(&brokers, TOPIC, 4).await;
+    let bridge = Bridge::from_config(created_only).await;
+    let ready = bridge.wait_ready_where(503, first_probe).await;
+    assert_eq!(
+        ready["failed"]["sink"],
+        "kafka: topics lark.deadletter.v1, lark.helpdesk.notification.approve.v1, lark.helpdesk.ticket.updated.v1, lark.helpdesk.ticket_message.created.v1 missing",
         "{ready}"
     );
     bridge.stop().await.expect("clean shutdown");

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use lark_protocol::event::EventClass;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -85,16 +86,29 @@ pub struct KafkaSink {
     stall_after_ms: i64,
     cfg: KafkaSinkConfig,
     mode: ContentMode,
+    /// The fixed topics readiness requires: those of the classes this bridge can publish.
+    required: Vec<String>,
 }
 
 impl KafkaSink {
     /// Create the producer (it connects lazily; readiness reports the broker) and, with
-    /// `create_topics = true`, the fixed topics.
+    /// `create_topics = true`, the fixed topics. Readiness then requires the fixed topics of
+    /// the classes in `used` (the helpdesk types of `lark.events`, raw events when forwarded,
+    /// dead letters when enabled): a missing one would turn every such event into a 503.
     pub async fn connect(
         cfg: &KafkaSinkConfig,
         mode: ContentMode,
         budget: Duration,
+        used: &[EventClass],
     ) -> Result<Arc<Self>, String> {
+        let required: Vec<String> = used
+            .iter()
+            .map(|c| cfg.topic_for(*c))
+            .filter(|t| t.is_fixed())
+            .map(|t| t.to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let cc = client_config(cfg, budget);
         let producer: FutureProducer = cc
             .create()
@@ -144,6 +158,7 @@ impl KafkaSink {
             waiting_since_ms: Default::default(),
             stall_after_ms: (2 * budget.as_millis() as i64).max(3000),
             cfg: cfg.clone(),
+            required,
             mode,
         }))
     }
@@ -245,11 +260,7 @@ impl Sink for KafkaSink {
         let current = self.producer();
         self.recover_if_fatal(&current);
         let producer = self.producer();
-        let fixed = self
-            .cfg
-            .topic
-            .is_fixed()
-            .then(|| self.cfg.topic.to_string());
+        let required = self.required.clone();
         let probe = producer.clone();
         let r = tokio::task::spawn_blocking(move || {
             let producer = probe;
@@ -258,13 +269,20 @@ impl Sink for KafkaSink {
                 .client()
                 .fetch_metadata(None, Duration::from_secs(1))
                 .map_err(|e| scrub_known(format!("kafka: brokers unreachable: {e}")))?;
-            if let Some(t) = fixed {
-                match md.topics().iter().find(|x| x.name() == t) {
-                    Some(x) if x.error().is_none() && !x.partitions().is_empty() => {}
-                    _ => return Err(format!("kafka: topic {t} missing")),
-                }
+            let missing: Vec<&str> = required
+                .iter()
+                .map(String::as_str)
+                .filter(|t| {
+                    !md.topics().iter().any(|x| {
+                        x.name() == *t && x.error().is_none() && !x.partitions().is_empty()
+                    })
+                })
+                .collect();
+            match missing.as_slice() {
+                [] => Ok(()),
+                [t] => Err(format!("kafka: topic {t} missing")),
+                ts => Err(format!("kafka: topics {} missing", ts.join(", "))),
             }
-            Ok(())
         })
         .await
         .map_err(|e| scrub_known(format!("kafka: check failed: {e}")))?;
