@@ -277,36 +277,28 @@ pub fn ticket_story(
     let now = chrono::Utc::now().timestamp_millis();
     let created = now - 5_000;
     let id = || random_hex::<16>();
-    let mut story = Vec::new();
-    let e = id();
-    story.push((
-        e.clone(),
-        n::TICKET_CREATED,
-        ticket_event_for(&e, helpdesk_id, &ticket, token, false),
-    ));
-    let e = id();
-    story.push((
-        e.clone(),
-        n::TICKET_UPDATED,
-        envelope(
-            &e,
+    let step = |event_type: &'static str, at: i64, event: serde_json::Value| {
+        let e = id();
+        let plain = envelope(&e, event_type, token, at, event);
+        (e, event_type, plain)
+    };
+    let first = id();
+    vec![
+        (
+            first.clone(),
+            n::TICKET_CREATED,
+            ticket_event_for(&first, helpdesk_id, &ticket, token, false),
+        ),
+        step(
             n::TICKET_UPDATED,
-            token,
             now - 4_000,
             json!({
                 "object": lark_ticket(&ticket, helpdesk_id, 2, 2, created, now - 4_000),
                 "old_object": {"stage": 1, "status": 1, "updated_at": created}
             }),
         ),
-    ));
-    let e = id();
-    story.push((
-        e.clone(),
-        n::TICKET_MESSAGE_CREATED,
-        envelope(
-            &e,
+        step(
             n::TICKET_MESSAGE_CREATED,
-            token,
             now - 3_000,
             message_event(
                 &ticket,
@@ -316,15 +308,8 @@ pub fn ticket_story(
                 now - 3_000,
             ),
         ),
-    ));
-    let e = id();
-    story.push((
-        e.clone(),
-        n::TICKET_MESSAGE_CREATED,
-        envelope(
-            &e,
+        step(
             n::TICKET_MESSAGE_CREATED,
-            token,
             now - 2_000,
             message_event(
                 &ticket,
@@ -334,23 +319,15 @@ pub fn ticket_story(
                 now - 2_000,
             ),
         ),
-    ));
-    let e = id();
-    story.push((
-        e.clone(),
-        n::TICKET_UPDATED,
-        envelope(
-            &e,
+        step(
             n::TICKET_UPDATED,
-            token,
             now - 1_000,
             json!({
                 "object": lark_ticket(&ticket, helpdesk_id, 2, 51, created, now - 1_000),
                 "old_object": {"status": 2, "updated_at": now - 2_000}
             }),
         ),
-    ));
-    story
+    ]
 }
 
 /// Encrypt and sign a plaintext body as Lark does (or send it plain without a key).
