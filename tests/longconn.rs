@@ -24,30 +24,19 @@ const APP_SECRET: &str = "app-secret-for-tests";
 // ---------- harness ----------
 
 async fn start_fake(b: Behaviour) -> FakeLark {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    FakeLark::start(l, b).await.unwrap()
+    start_fake_lark(b).await
 }
 
-/// Long-connection config against `fake`, NATS sink on `nats` (or stdout), over test defaults:
-/// no reconnect jitter, reconnect every second.
+/// Long-connection config against `fake`, NATS sink on `nats` (or stdout).
 fn lc_cfg(fake: &FakeLark, nats: Option<&Proc>, extra: &[(&str, &str)]) -> Config {
-    let domain = fake.base_url();
     let nats_url = nats.map(|n| n.url("nats")).unwrap_or_default();
-    let mut pairs: Vec<(&str, &str)> = vec![
-        ("source.kind", "long_connection"),
-        ("lark.app_id", APP_ID),
-        ("lark.app_secret", APP_SECRET),
-        ("lark.domain", domain.as_str()),
-        ("source.long_connection.reconnect_nonce_secs", "0"),
-        ("source.long_connection.reconnect_interval_secs", "1"),
-        ("source.long_connection.ping_interval_secs", "5"),
-    ];
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
     if nats.is_some() {
         pairs.push(("sink.kind", "nats"));
         pairs.push(("sink.nats.url", nats_url.as_str()));
     }
     pairs.extend_from_slice(extra);
-    config(&pairs)
+    longconn_config(fake, (APP_ID, APP_SECRET), &pairs)
 }
 
 /// The NATS sink, remembering when the broker acknowledged each event id, and optionally
@@ -134,10 +123,6 @@ async fn stream_ids(nats: &Proc) -> Vec<String> {
         }
     }
     out
-}
-
-fn new_event_id() -> String {
-    format!("ev_{:016x}", rand::random::<u64>())
 }
 
 /// An event frame pushed by hand, with `payload` as given.

@@ -18,25 +18,12 @@ const APP_ID: &str = "cli_test0000000001";
 const APP_SECRET: &str = "app-secret-for-hostile-tests";
 
 async fn start_fake(b: Behaviour) -> FakeLark {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    FakeLark::start(l, b).await.unwrap()
+    start_fake_lark(b).await
 }
 
-/// Long-connection config against `fake` with the stdout sink and memory dedup: no reconnect
-/// jitter, the 1 s reconnect floor.
+/// Long-connection config against `fake` with the stdout sink and memory dedup.
 fn lc_cfg(fake: &FakeLark, extra: &[(&str, &str)]) -> Config {
-    let domain = fake.base_url();
-    let mut pairs: Vec<(&str, &str)> = vec![
-        ("source.kind", "long_connection"),
-        ("lark.app_id", APP_ID),
-        ("lark.app_secret", APP_SECRET),
-        ("lark.domain", domain.as_str()),
-        ("source.long_connection.reconnect_nonce_secs", "0"),
-        ("source.long_connection.reconnect_interval_secs", "1"),
-        ("source.long_connection.ping_interval_secs", "5"),
-    ];
-    pairs.extend_from_slice(extra);
-    config(&pairs)
+    longconn_config(fake, (APP_ID, APP_SECRET), extra)
 }
 
 fn reconnects(b: &Bridge, reason: &str) -> f64 {
@@ -44,10 +31,6 @@ fn reconnects(b: &Bridge, reason: &str) -> f64 {
         "lark_bridge_longconn_reconnects_total",
         &[("reason", reason)],
     )
-}
-
-fn new_event_id() -> String {
-    format!("ev_{:016x}", rand::random::<u64>())
 }
 
 fn h(k: &str, v: &str) -> Header {

@@ -279,6 +279,39 @@ impl Channeled {
     }
 }
 
+/// A fake Lark (long connection and open API) on a free loopback port.
+pub async fn start_fake_lark(b: crate::longconn::Behaviour) -> crate::longconn::FakeLark {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    crate::longconn::FakeLark::start(l, b).await.unwrap()
+}
+
+/// A long-connection config against `fake` with these app credentials, over the test defaults
+/// of [`config`] (stdout sink, memory dedup) and quick reconnects: no jitter, every second,
+/// pings every 5 s; `extra` pairs win.
+pub fn longconn_config(
+    fake: &crate::longconn::FakeLark,
+    app: (&str, &str),
+    extra: &[(&str, &str)],
+) -> Config {
+    let domain = fake.base_url();
+    let mut pairs: Vec<(&str, &str)> = vec![
+        ("source.kind", "long_connection"),
+        ("lark.app_id", app.0),
+        ("lark.app_secret", app.1),
+        ("lark.domain", domain.as_str()),
+        ("source.long_connection.reconnect_nonce_secs", "0"),
+        ("source.long_connection.reconnect_interval_secs", "1"),
+        ("source.long_connection.ping_interval_secs", "5"),
+    ];
+    pairs.extend_from_slice(extra);
+    config(&pairs)
+}
+
+/// A fresh Lark-style event id.
+pub fn new_event_id() -> String {
+    format!("ev_{:016x}", rand::random::<u64>())
+}
+
 /// How long the kit waits for a bridge to reach a state before the test fails.
 pub const WAIT: Duration = Duration::from_secs(15);
 
