@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 pub use deadletter::DeadLetterConfig;
 pub use dedup::{
     DedupBackend, DedupConfig, MemoryDedupConfig, NatsDedupConfig, OnStoreError, RedisDedupConfig,
+    RedisMode, RedisTlsFiles,
 };
 pub use lark::LarkConfig;
 pub use log::{LogConfig, LogFormat};
@@ -102,7 +103,7 @@ fn positive(v: u64, key: &str) -> Result<(), ConfigError> {
 }
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[&str] = &["sink.nats.stream_subjects"];
+const LIST_KEYS: &[&str] = &["sink.nats.stream_subjects", "dedup.redis.nodes"];
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -268,7 +269,7 @@ impl Config {
         self.server.validate()?;
         self.admin.validate()?;
         let budget = self.server.response_budget;
-        self.dedup.validate(budget)?;
+        self.dedup.validate(budget, mode)?;
         self.lark.validate(self.source.kind, mode)?;
         self.source.validate()?;
         self.sink.validate(budget)?;
@@ -299,6 +300,9 @@ impl Config {
         .flatten()
         {
             out.push(s.expose().to_string());
+        }
+        for u in self.dedup.redis.nodes.iter() {
+            out.extend(secret::url_secrets(u.expose()));
         }
         for u in [
             self.dedup.redis.url.expose(),
