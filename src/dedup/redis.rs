@@ -85,7 +85,8 @@ enum Link {
     /// The driver keeps a slot map and a connection per node, refreshed on MOVED and on
     /// connection errors.
     Cluster(ClusterConnection),
-    Sentinel(SentinelLink),
+    /// Boxed: the sentinel client is large and built once.
+    Sentinel(Box<SentinelLink>),
 }
 
 /// The master the sentinels name. The connection is dropped after any failed call, and the
@@ -304,7 +305,7 @@ async fn open(
                     .set_response_timeout(RESPONSE_TIMEOUT),
             };
             link.connection().await.map_err(fail)?;
-            Ok(Link::Sentinel(link))
+            Ok(Link::Sentinel(Box::new(link)))
         }
     }
 }
