@@ -571,7 +571,7 @@ FIXED = {
     "lark_bridge_sink_up", "lark_bridge_dedup_store_up", "lark_bridge_build_info",
     "lark_bridge_normalize_warnings_total", "lark_bridge_unverified_mode",
     "lark_bridge_longconn_connected", "lark_bridge_source_info",
-    "lark_bridge_deadletter_total",
+    "lark_bridge_deadletter_total", "lark_bridge_dedup_info",
 }
 HISTOGRAMS = {"lark_bridge_request_duration_seconds", "lark_bridge_publish_duration_seconds",
               "lark_bridge_dedup_store_duration_seconds"}
@@ -612,7 +612,8 @@ used = {re.sub(r"_(bucket|sum|count)$", "", m) if re.sub(r"_(bucket|sum|count)$"
 for want in ("lark_bridge_requests_total", "lark_bridge_request_duration_seconds", "lark_bridge_verification_failures_total",
              "lark_bridge_publish_total", "lark_bridge_publish_duration_seconds", "lark_bridge_dedup_total",
              "lark_bridge_in_flight_requests", "lark_bridge_sink_up", "lark_bridge_dedup_store_up",
-             "lark_bridge_longconn_connected", "lark_bridge_source_info", "lark_bridge_deadletter_total"):
+             "lark_bridge_longconn_connected", "lark_bridge_source_info", "lark_bridge_deadletter_total",
+             "lark_bridge_dedup_info"):
     if want not in used:
         errors.append(f"dashboard: no panel shows {want}")
 print("\n".join(errors) or f"{n} alert expressions and {t} dashboard queries use only the fixed metrics")

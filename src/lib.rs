@@ -192,10 +192,11 @@ impl Components {
     /// Connect everything the config names. The metrics come first, from the configured names,
     /// so that each component can take its handles at construction.
     pub async fn from_config(cfg: &Config) -> Result<Components, StartError> {
-        let metrics = Arc::new(Metrics::new(
+        let metrics = Arc::new(Metrics::with_dedup_mode(
             metrics_source(cfg.source.kind),
             cfg.sink.kind.as_str(),
             cfg.dedup.backend.as_str(),
+            cfg.dedup.mode_label(),
         ));
         let sink = build_sink(cfg).await?;
         let dedup = build_dedup(cfg, &metrics).await?;

@@ -128,6 +128,8 @@ pub struct Metrics {
     pub unverified_mode: IntGauge,
     pub body_bytes: Histogram,
     pub source_info: IntGaugeVec,
+    /// `lark_bridge_dedup_info{backend,mode}`: 1 for this replica's store and how it reaches it.
+    pub dedup_info: IntGaugeVec,
     pub deadletters: IntCounterVec,
     /// `lark_bridge_enrich_total{result}`: enrichment attempts (`enrich.ticket_detail`).
     pub enrich: IntCounterVec,
@@ -267,6 +269,17 @@ impl Metrics {
     /// Register everything and create every series for the configured entrance, sink and dedup
     /// backend; built before the components, which may take their handles from it.
     pub fn new(source: Source, sink: &str, backend: &str) -> Metrics {
+        let mode = if backend == "memory" {
+            "in_process"
+        } else {
+            "standalone"
+        };
+        Self::with_dedup_mode(source, sink, backend, mode)
+    }
+
+    /// [`Metrics::new`] for a store reached in `mode` (`dedup.redis.mode`; see
+    /// [`crate::config::DedupConfig::mode_label`]).
+    pub fn with_dedup_mode(source: Source, sink: &str, backend: &str, mode: &str) -> Metrics {
         let r = Registry::new();
         let requests: IntCounterVec = counter_vec(
             &r,
@@ -398,6 +411,12 @@ impl Metrics {
                 "lark_bridge_lark_api_requests_total",
                 "HTTP calls to Lark's open API by API and result (ok, error, unavailable, timeout).",
                 &["api", "result"],
+            ),
+            dedup_info: gauge_vec(
+                &r,
+                "lark_bridge_dedup_info",
+                "1 for the dedup store in use: its backend and mode (standalone, cluster, sentinel, in_process).",
+                &["backend", "mode"],
             ),
             source_info: gauge_vec(
                 &r,
@@ -550,6 +569,7 @@ impl Metrics {
             m.dedup_lost_races.with_label_values(&[backend, op]);
         }
         m.source_info.with_label_values(&[source.as_str()]).set(1);
+        m.dedup_info.with_label_values(&[backend, mode]).set(1);
         for event_type in lark_protocol::normalize::HELPDESK_EVENTS {
             for kind in lark_protocol::normalize::NormalizeError::KINDS {
                 m.deadletters.with_label_values(&[event_type, kind]);

@@ -832,3 +832,176 @@ fn lark_events_and_helpdesk_credentials_are_checked() {
     assert!(!cfg.to_redacted_toml().contains("secret-helpdesk-token"));
     assert!(!format!("{:?}", cfg.lark).contains("secret-helpdesk-token"));
 }
+
+// ---------------------------------------------------------------- dedup.redis: TLS, cluster, sentinel
+
+const REDIS: &str = "[dedup]\nbackend = \"redis\"\n[dedup.redis]\n";
+
+#[test]
+fn redis_defaults_are_standalone_without_tls() {
+    let cfg = load_text(KEYS, &[], SecretFiles::Read).unwrap();
+    let r = &cfg.dedup.redis;
+    assert_eq!(r.mode, lark_bridge::config::RedisMode::Standalone);
+    assert!(r.nodes.is_empty());
+    assert_eq!(r.master_name, "mymaster");
+    assert!(r.tls_ca_file.is_none() && r.tls_cert_file.is_none() && r.tls_key_file.is_none());
+    assert!(!r.tls());
+    assert_eq!(cfg.dedup.mode_label(), "in_process");
+}
+
+#[test]
+fn redis_cluster_and_sentinel_settings_load_from_file_and_environment() {
+    let cfg = load_text(
+        &format!("{KEYS}{REDIS}mode = \"cluster\"\nnodes = [\"redis://:pw-in-url-77@a:7000\", \"redis://b:7001\"]\n"),
+        &[],
+        SecretFiles::Read,
+    )
+    .unwrap();
+    let r = &cfg.dedup.redis;
+    assert_eq!(r.mode, lark_bridge::config::RedisMode::Cluster);
+    assert_eq!(r.entry_urls().len(), 2);
+    assert_eq!(cfg.dedup.mode_label(), "cluster");
+    // A password in a seed URL is a secret like any URL's.
+    assert!(!format!("{cfg:?}").contains("pw-in-url-77"));
+    assert!(!cfg.to_redacted_toml().contains("pw-in-url-77"));
+    assert!(cfg.secret_values().iter().any(|s| s == "pw-in-url-77"));
+
+    // Cluster without nodes: `url` is the one seed.
+    let cfg = load_text(
+        &format!("{KEYS}{REDIS}mode = \"cluster\"\n"),
+        &[],
+        SecretFiles::Read,
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.dedup.redis.entry_urls()[0].expose(),
+        "redis://127.0.0.1:6379"
+    );
+
+    // The environment takes the list comma-separated.
+    let cfg = load_text(
+        KEYS,
+        &[
+            ("LARK_BRIDGE__DEDUP__BACKEND", "redis"),
+            ("LARK_BRIDGE__DEDUP__REDIS__MODE", "sentinel"),
+            (
+                "LARK_BRIDGE__DEDUP__REDIS__NODES",
+                "rediss://s0:26379,rediss://s1:26379",
+            ),
+            ("LARK_BRIDGE__DEDUP__REDIS__MASTER_NAME", "dedup"),
+        ],
+        SecretFiles::Read,
+    )
+    .unwrap();
+    let r = &cfg.dedup.redis;
+    assert_eq!(r.mode, lark_bridge::config::RedisMode::Sentinel);
+    assert_eq!(r.nodes.len(), 2);
+    assert_eq!(r.master_name, "dedup");
+    assert!(r.tls());
+}
+
+#[test]
+fn redis_mode_settings_that_cannot_work_name_their_key() {
+    for (text, key) in [
+        ("mode = \"sentinel\"\n", "dedup.redis.nodes"),
+        (
+            "mode = \"standalone\"\nnodes = [\"redis://a:1\"]\n",
+            "dedup.redis.nodes",
+        ),
+        (
+            "mode = \"sentinel\"\nnodes = [\"redis://s:26379\"]\nmaster_name = \" \"\n",
+            "dedup.redis.master_name",
+        ),
+        (
+            "mode = \"cluster\"\nnodes = [\"redis://a:1\", \"rediss://b:2\"]\n",
+            "dedup.redis.nodes",
+        ),
+        (
+            "mode = \"cluster\"\nnodes = [\"http://a:1\"]\n",
+            "dedup.redis.nodes",
+        ),
+        ("mode = \"ring\"\n", "mode"),
+        ("url = \"rediss://h:6380/#insecure\"\n", "dedup.redis.url"),
+        ("tls_ca_file = \"/x/ca.crt\"\n", "dedup.redis.tls_ca_file"),
+        (
+            "url = \"rediss://h:6380\"\ntls_cert_file = \"/x/c.crt\"\n",
+            "dedup.redis.tls_key_file",
+        ),
+        (
+            "url = \"rediss://h:6380\"\ntls_key_file = \"/x/c.key\"\n",
+            "dedup.redis.tls_cert_file",
+        ),
+    ] {
+        assert_fails_naming(&format!("{REDIS}{text}"), key);
+    }
+}
+
+#[test]
+fn redis_tls_files_are_checked_at_load_naming_the_key_never_the_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a pem sekret-pem-9999\n").unwrap();
+    let missing = dir.path().join("missing.pem");
+    let base = format!("{KEYS}{REDIS}url = \"rediss://127.0.0.1:6380\"\n");
+    for (extra, key) in [
+        (
+            format!("tls_ca_file = {:?}\n", missing.display().to_string()),
+            "dedup.redis.tls_ca_file",
+        ),
+        (
+            format!("tls_ca_file = {:?}\n", junk.display().to_string()),
+            "dedup.redis.tls_ca_file",
+        ),
+    ] {
+        let text = format!("{base}{extra}");
+        let e = load_text(&text, &[], SecretFiles::Read).expect_err(&text);
+        let msg = e.to_string();
+        assert!(msg.contains(key), "{msg}");
+        assert!(!msg.contains("sekret-pem-9999"), "{msg}");
+        // check-config --skip-secret-files checks the structure only.
+        load_text(&text, &[], SecretFiles::Skip).expect("structure only");
+    }
+    // A key file that holds no key: named, its content never shown.
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=t",
+            "-days",
+            "1",
+        ])
+        .arg("-keyout")
+        .arg(dir.path().join("t.key"))
+        .arg("-out")
+        .arg(dir.path().join("t.crt"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let crt = dir.path().join("t.crt").display().to_string();
+    let key = dir.path().join("t.key").display().to_string();
+    let text = format!(
+        "{base}tls_ca_file = {crt:?}\ntls_cert_file = {crt:?}\ntls_key_file = {:?}\n",
+        junk.display().to_string()
+    );
+    let msg = load_text(&text, &[], SecretFiles::Read)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("dedup.redis.tls_key_file"), "{msg}");
+    assert!(!msg.contains("sekret-pem-9999"), "{msg}");
+    // The real files load; Debug shows the paths, not the key.
+    let text =
+        format!("{base}tls_ca_file = {crt:?}\ntls_cert_file = {crt:?}\ntls_key_file = {key:?}\n");
+    let cfg = load_text(&text, &[], SecretFiles::Read).unwrap();
+    let files = cfg.dedup.redis.tls_files().unwrap();
+    assert!(files.ca.is_some() && files.client.is_some());
+    let key_pem = std::fs::read_to_string(&key).unwrap();
+    let key_body = key_pem.lines().nth(1).unwrap();
+    assert!(!format!("{files:?}").contains(key_body));
+    assert!(!format!("{cfg:?}").contains(key_body));
+}

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 pub use deadletter::DeadLetterConfig;
 pub use dedup::{
     DedupBackend, DedupConfig, MemoryDedupConfig, NatsDedupConfig, OnStoreError, RedisDedupConfig,
+    RedisMode, RedisTlsFiles,
 };
 pub use enrich::EnrichConfig;
 pub use lark::LarkConfig;
@@ -104,7 +105,11 @@ fn positive(v: u64, key: &str) -> Result<(), ConfigError> {
 }
 
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: &[&str] = &["sink.nats.stream_subjects", "lark.events"];
+const LIST_KEYS: &[&str] = &[
+    "sink.nats.stream_subjects",
+    "lark.events",
+    "dedup.redis.nodes",
+];
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -278,7 +283,7 @@ impl Config {
         self.server.validate()?;
         self.admin.validate()?;
         let budget = self.server.response_budget;
-        self.dedup.validate(budget)?;
+        self.dedup.validate(budget, mode)?;
         self.lark.validate(self.source.kind, mode)?;
         self.source.validate()?;
         self.sink.validate(budget)?;
@@ -315,6 +320,9 @@ impl Config {
         .flatten()
         {
             out.push(s.expose().to_string());
+        }
+        for u in self.dedup.redis.nodes.iter() {
+            out.extend(secret::url_secrets(u.expose()));
         }
         for u in [
             self.dedup.redis.url.expose(),

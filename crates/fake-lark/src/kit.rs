@@ -667,3 +667,351 @@ pub fn header<'a>(m: &'a rdkafka::message::OwnedMessage, key: &str) -> Option<&'
         .and_then(|h| h.value)
         .map(|v| std::str::from_utf8(v).unwrap())
 }
+
+// ---------------------------------------------------------------- Redis over TLS, Cluster, Sentinel
+
+/// Run a command line tool to completion; panic with its stderr when it fails.
+fn run_tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A test PKI made with the `openssl` CLI in a temp dir: a CA, a server certificate for
+/// `127.0.0.1`/`localhost`, one for another name, a client certificate, and a second CA that
+/// signed none of them. Keys are PKCS#8 EC P-256 (fast to generate).
+pub struct TestPki {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n).display().to_string();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for ca in ["ca", "other-ca"] {
+            let mut args = vec!["req", "-x509"];
+            args.extend(ec);
+            let (key, crt, subj) = (
+                p(&format!("{ca}.key")),
+                p(&format!("{ca}.crt")),
+                format!("/CN=lark-bridge test {ca}"),
+            );
+            args.extend(["-keyout", &key, "-out", &crt, "-days", "2", "-subj", &subj]);
+            run_tool("openssl", &args);
+        }
+        for (name, ext) in [
+            ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n"),
+            ("wrong-name", "subjectAltName=DNS:not-this-host.example\nextendedKeyUsage=serverAuth\n"),
+            ("client", "extendedKeyUsage=clientAuth\n"),
+        ] {
+            let (key, csr, crt, extf) = (p(&format!("{name}.key")), p(&format!("{name}.csr")), p(&format!("{name}.crt")), p(&format!("{name}.ext")));
+            std::fs::write(&extf, ext).unwrap();
+            let mut args = vec!["req"];
+            args.extend(ec);
+            let subj = format!("/CN={name}");
+            args.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+            run_tool("openssl", &args);
+            let (ca_crt, ca_key) = (p("ca.crt"), p("ca.key"));
+            run_tool(
+                "openssl",
+                &["x509", "-req", "-in", &csr, "-CA", &ca_crt, "-CAkey", &ca_key, "-CAcreateserial", "-out", &crt, "-days", "2", "-extfile", &extf],
+            );
+        }
+        TestPki { dir }
+    }
+
+    /// A file of the PKI, e.g. `ca.crt`, `server.key`, `client.crt`.
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+impl Default for TestPki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// redis-server speaking only TLS on its port, with `cert` (`server` or `wrong-name`) of
+/// `pki`; `client_certs` makes it require a client certificate (`tls-auth-clients yes`).
+pub async fn start_redis_tls(pki: &TestPki, cert: &str, client_certs: bool) -> Proc {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let argv: Vec<String> = [
+        "redis-server",
+        "--port",
+        "0",
+        "--tls-port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        &dir.path().display().to_string(),
+        "--tls-cert-file",
+        &pki.path(&format!("{cert}.crt")),
+        "--tls-key-file",
+        &pki.path(&format!("{cert}.key")),
+        "--tls-ca-cert-file",
+        &pki.path("ca.crt"),
+        "--tls-auth-clients",
+        if client_certs { "yes" } else { "no" },
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let p = Proc::spawn(argv, port, dir);
+    p.ready().await;
+    p
+}
+
+/// `redis-cli -p port args…` (plain TCP), its stdout.
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let port = port.to_string();
+    let mut all = vec!["-h", "127.0.0.1", "-p", &port];
+    all.extend(args);
+    run_tool("redis-cli", &all)
+}
+
+/// Poll `check` every 50 ms until it returns `Some` (bounded by `within`).
+pub async fn poll<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + within;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < until, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether the master on `port` has every replica caught up with its replication offset (so a
+/// failover loses no write acknowledged so far).
+pub fn replicas_caught_up(port: u16) -> bool {
+    let info = redis_cli(port, &["info", "replication"]);
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    let Some(offset) = field("master_repl_offset:") else {
+        return false;
+    };
+    let replicas: usize = field("connected_slaves:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    replicas > 0
+        && (0..replicas).all(|i| {
+            field(&format!("slave{i}:")).is_some_and(|v| {
+                v.contains(&format!("offset={offset},")) && v.contains("state=online")
+            })
+        })
+}
+
+/// A Redis Cluster on loopback: `masters` masters, each with `replicas` replicas, fast failure
+/// detection (`cluster-node-timeout 1000`). `nodes[i]` are the processes; which is master
+/// changes with failovers: ask [`RedisCluster::master_of`].
+pub struct RedisCluster {
+    pub nodes: Vec<Proc>,
+}
+
+impl RedisCluster {
+    pub async fn start(masters: usize, replicas: usize) -> RedisCluster {
+        let mut nodes = Vec::new();
+        for _ in 0..masters * (1 + replicas) {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_port();
+            let bus = free_port();
+            let argv: Vec<String> = [
+                "redis-server",
+                "--port",
+                &port.to_string(),
+                "--cluster-port",
+                &bus.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                &dir.path().display().to_string(),
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &dir.path().join("nodes.conf").display().to_string(),
+                "--cluster-node-timeout",
+                "1000",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            nodes.push(Proc::spawn(argv, port, dir));
+        }
+        for n in &nodes {
+            n.ready().await;
+        }
+        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+        args.extend(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
+        args.extend([
+            "--cluster-replicas".into(),
+            replicas.to_string(),
+            "--cluster-yes".into(),
+        ]);
+        // redis-cli waits for the nodes to agree (it polls, about a second): off the runtime.
+        tokio::task::spawn_blocking(move || {
+            run_tool(
+                "redis-cli",
+                &args.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+        })
+        .await
+        .unwrap();
+        let c = RedisCluster { nodes };
+        c.wait_ok().await;
+        c
+    }
+
+    /// Poll `CLUSTER INFO` on every live node until each says `cluster_state:ok` and every
+    /// master has its replicas attached.
+    pub async fn wait_ok(&self) {
+        let ports: Vec<u16> = self.live().map(|n| n.port).collect();
+        poll("cluster_state:ok on every node", WAIT, || {
+            ports
+                .iter()
+                .all(|p| redis_cli(*p, &["cluster", "info"]).contains("cluster_state:ok"))
+                .then_some(())
+        })
+        .await;
+    }
+
+    fn live(&self) -> impl Iterator<Item = &Proc> {
+        self.nodes.iter().filter(|n| n.pid() != 0)
+    }
+
+    /// Seed node URLs (every node).
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url("redis")).collect()
+    }
+
+    /// The port of the master that serves `key`'s slot now, asked of a live node.
+    pub fn master_of(&self, key: &str) -> u16 {
+        let any = self.live().next().expect("a live node").port;
+        let slot: u16 = redis_cli(any, &["cluster", "keyslot", key])
+            .trim()
+            .parse()
+            .unwrap();
+        for line in redis_cli(any, &["cluster", "nodes"]).lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                continue;
+            }
+            let port: u16 = f[1]
+                .split(['@', ':'])
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+                .unwrap();
+            for range in &f[8..] {
+                let (lo, hi) = match range.split_once('-') {
+                    Some((lo, hi)) => (lo.parse::<u16>().ok(), hi.parse::<u16>().ok()),
+                    None => (range.parse().ok(), range.parse().ok()),
+                };
+                if let (Some(lo), Some(hi)) = (lo, hi) {
+                    if (lo..=hi).contains(&slot) {
+                        return port;
+                    }
+                }
+            }
+        }
+        panic!("no master serves slot {slot}")
+    }
+
+    /// The process listening on `port`.
+    pub fn node(&mut self, port: u16) -> &mut Proc {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node on that port")
+    }
+}
+
+/// A Sentinel setup on loopback: one master, one replica, one sentinel monitoring the master as
+/// `mymaster` (quorum 1, `down-after-milliseconds 1000`).
+pub struct RedisSentinel {
+    pub master: Proc,
+    pub replica: Proc,
+    pub sentinel: Proc,
+}
+
+impl RedisSentinel {
+    pub async fn start() -> RedisSentinel {
+        let master = start_redis().await;
+        let mp = master.port.to_string();
+        let replica = start_redis_with(&["--replicaof", "127.0.0.1", &mp]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor mymaster 127.0.0.1 {mp} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\n\
+                 sentinel failover-timeout mymaster 5000\n\
+                 sentinel parallel-syncs mymaster 1\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let argv = vec![
+            "redis-server".to_string(),
+            conf.display().to_string(),
+            "--sentinel".to_string(),
+        ];
+        let sentinel = Proc::spawn(argv, port, dir);
+        sentinel.ready().await;
+        let s = RedisSentinel {
+            master,
+            replica,
+            sentinel,
+        };
+        // The sentinel learns of the replica from the master's INFO; a failover needs it.
+        let rp = format!("{}", s.replica.port);
+        let sp = s.sentinel.port;
+        poll("the sentinel knows the replica", WAIT, || {
+            let out = redis_cli(sp, &["sentinel", "replicas", "mymaster"]);
+            (out.contains(&rp) && !out.contains("s_down")).then_some(())
+        })
+        .await;
+        s
+    }
+
+    /// The master's port as the sentinel reports it now.
+    pub fn master_port(&self) -> u16 {
+        let out = redis_cli(
+            self.sentinel.port,
+            &["sentinel", "get-master-addr-by-name", "mymaster"],
+        );
+        out.lines()
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}

@@ -125,8 +125,21 @@ plus a `*_file` key for every mounted secret.
 {{- $_ := mustMergeOverwrite $cfg $leaf }}
 {{- end }}
 {{- end }}
+{{- with .Values.redisTls }}
+{{- if .secretName }}
+{{- $tls := dict }}
+{{- range $k, $v := dict "tls_ca_file" .caKey "tls_cert_file" .certKey "tls_key_file" .keyKey }}
+{{- if $v }}
+{{- $_ := set $tls $k (printf "%s/%s" (include "lark-bridge.redisTlsDir" $) $v) }}
+{{- end }}
+{{- end }}
+{{- $_ := mustMergeOverwrite $cfg (dict "dedup" (dict "redis" $tls)) }}
+{{- end }}
+{{- end }}
 {{- $cfg | toJson }}
 {{- end }}
+
+{{- define "lark-bridge.redisTlsDir" -}}/etc/lark-bridge/redis-tls{{- end }}
 
 {{/*
 A minimal TOML writer (Helm's toToml prints YAML integers as floats, e.g. 1e+06, which the
