@@ -203,9 +203,22 @@ ensure_tansu() {
 # ---------------------------------------------------------------- redis-server
 
 ensure_redis() {
-    if command -v redis-server >/dev/null 2>&1; then return 0; fi
-    apt_install redis-server
+    # redis-cli builds the test cluster (redis-cli --cluster create); both come with
+    # Debian's redis-tools/redis-server, built with TLS.
+    if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+        apt_install redis-server redis-tools
+    fi
     command -v redis-server >/dev/null 2>&1 || die "redis-server still missing after apt-get install"
+    command -v redis-cli >/dev/null 2>&1 || die "redis-cli still missing after apt-get install"
+}
+
+# ---------------------------------------------------------------- openssl (the CLI)
+
+# The Redis TLS tests make their CA and certificates with it.
+ensure_openssl() {
+    if command -v openssl >/dev/null 2>&1; then return 0; fi
+    apt_install openssl
+    command -v openssl >/dev/null 2>&1 || die "openssl still missing after apt-get install"
 }
 
 # ---------------------------------------------------------------- main
@@ -213,6 +226,7 @@ ensure_redis() {
 ensure_nats
 ensure_tansu
 ensure_redis
+ensure_openssl
 
 redis_path="$(command -v redis-server)"
 printf '%-12s %s %s\n' \
