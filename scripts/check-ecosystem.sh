@@ -8,6 +8,9 @@
 #                 (scripts/check-consumers.sh)
 #   3. lark-oapi  the official Lark SDK's long-connection client against fake-lark, across a
 #                 restart of fake-lark (scripts/check-lark-oapi.sh)
+#   4. lark-node-sdk  the official Lark SDK for Node makes the helpdesk API calls (token,
+#                 subscribe, ticket detail, unsubscribe) against fake-lark's open API, and the
+#                 bridge's own subscribe call must match it (scripts/check-lark-node-sdk.sh)
 # Every tool is installed into ${LARK_BRIDGE_CACHE:-$HOME/.cache/lark-bridge} when missing
 # (scripts/ensure-ecosystem-tools.sh); a second run installs nothing.
 # Last line: `ecosystem: N passed, N failed`; exits non-zero when any check failed.
@@ -41,6 +44,7 @@ run() {
 run asyncapi scripts/check-asyncapi.sh
 run consumers scripts/check-consumers.sh
 run lark-oapi scripts/check-lark-oapi.sh
+run lark-node-sdk scripts/check-lark-node-sdk.sh
 
 printf '\n'
 printf '%s\n' "${results[@]}"

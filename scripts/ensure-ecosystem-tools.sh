@@ -8,13 +8,17 @@
 #                                                                          -> npm/consumers-node,
 #              linked as examples/consumers/node/node_modules (gitignored)
 #   lark-oapi  PyPI lark-oapi (the official Lark SDK: lark.ws.Client)       -> venv
+#   lark-node  npm  @larksuiteoapi/node-sdk (the official Lark SDK for Node, whose client
+#              carries the helpdesk authorization)                         -> npm/lark-node
 #
-# Usage: scripts/ensure-ecosystem-tools.sh [asyncapi] [consumers] [lark-oapi]   (default: all)
+# Usage: scripts/ensure-ecosystem-tools.sh [asyncapi] [consumers] [lark-oapi] [lark-node]
+#        (default: all)
 # A second run only checks stamps and imports (well under a second per group).
 # Progress goes to stderr; stdout gets NAME=PATH lines:
 #   PYTHON=...               the venv's python (consumers, lark-oapi)
 #   ASYNCAPI_PARSER=...      node_modules directory that holds @asyncapi/parser
 #   CONSUMERS_NODE_MODULES=... node_modules of the Node consumer example
+#   LARK_NODE_MODULES=...    node_modules directory that holds @larksuiteoapi/node-sdk
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,6 +28,7 @@ NPM_DIR="$CACHE/npm"
 
 # Pinned so every machine runs what these checks were written against.
 ASYNCAPI_NPM_PKGS=("@asyncapi/parser@3.6.6")
+LARK_NODE_NPM_PKGS=("@larksuiteoapi/node-sdk@1.74.0")
 CONSUMER_PY_PKGS=(cloudevents==2.2.0 confluent-kafka==2.16.1 nats-py==2.16.0)
 CONSUMER_PY_MODULES=(cloudevents confluent_kafka nats)
 LARK_PY_PKGS=(lark-oapi==1.7.5)
@@ -34,9 +39,9 @@ log() { printf 'ensure-ecosystem-tools: %s\n' "$*" >&2; }
 die() { printf 'ensure-ecosystem-tools: ERROR: %s\n' "$*" >&2; exit 1; }
 
 groups=("$@")
-[ ${#groups[@]} -gt 0 ] || groups=(asyncapi consumers lark-oapi)
+[ ${#groups[@]} -gt 0 ] || groups=(asyncapi consumers lark-oapi lark-node)
 for g in "${groups[@]}"; do
-    case "$g" in asyncapi | consumers | lark-oapi) ;; *) die "unknown group $g (asyncapi, consumers, lark-oapi)" ;; esac
+    case "$g" in asyncapi | consumers | lark-oapi | lark-node) ;; *) die "unknown group $g (asyncapi, consumers, lark-oapi, lark-node)" ;; esac
 done
 
 mkdir -p "$CACHE" "$NPM_DIR"
@@ -85,19 +90,27 @@ py_group() {
 
 command_npm() { command -v npm >/dev/null 2>&1 || die "npm not found (Debian: apt-get install npm; or nodejs >= 18)"; }
 
-ensure_asyncapi() {
-    local dir="$NPM_DIR/asyncapi" want="${ASYNCAPI_NPM_PKGS[*]}"
-    if [ -f "$dir/node_modules/@asyncapi/parser/package.json" ] && [ "$(cat "$dir/.pkgs" 2>/dev/null)" = "$want" ]; then
+# npm_group NAME MARKER PKG...: PKG installed into $NPM_DIR/NAME unless MARKER (a file under
+# its node_modules) exists for exactly these packages.
+npm_group() {
+    local name="$1" marker="$2"
+    shift 2
+    local dir="$NPM_DIR/$name" want="$*"
+    if [ -f "$dir/node_modules/$marker" ] && [ "$(cat "$dir/.pkgs" 2>/dev/null)" = "$want" ]; then
         return 0
     fi
     command_npm
     log "npm install $want (into $dir)"
     rm -rf "$dir"
     mkdir -p "$dir"
-    printf '{ "name": "lark-bridge-asyncapi-tools", "private": true }\n' >"$dir/package.json"
-    npm install --silent --no-audit --no-fund --prefix "$dir" "${ASYNCAPI_NPM_PKGS[@]}" >&2 \
+    printf '{ "name": "lark-bridge-%s-tools", "private": true }\n' "$name" >"$dir/package.json"
+    npm install --silent --no-audit --no-fund --prefix "$dir" "$@" >&2 \
         || die "npm install $want failed"
     printf '%s\n' "$want" >"$dir/.pkgs"
+}
+
+ensure_asyncapi() {
+    npm_group asyncapi @asyncapi/parser/package.json "${ASYNCAPI_NPM_PKGS[@]}"
 }
 
 # The Node example's dependencies, exactly as its package-lock.json pins them (npm ci), in the
@@ -140,6 +153,10 @@ for g in "${groups[@]}"; do
         lark-oapi)
             py_group lark-oapi "${LARK_PY_PKGS[*]}" "${LARK_PY_MODULES[*]}"
             out+=("PYTHON=$VENV/bin/python")
+            ;;
+        lark-node)
+            npm_group lark-node @larksuiteoapi/node-sdk/package.json "${LARK_NODE_NPM_PKGS[@]}"
+            out+=("LARK_NODE_MODULES=$NPM_DIR/lark-node/node_modules")
             ;;
     esac
 done

@@ -898,6 +898,19 @@ pub struct FakeLarkArgs {
     /// `expire` of the tenant tokens issued, in s (Lark: 7200).
     #[arg(long, default_value_t = 7200)]
     pub token_expire_secs: u64,
+    /// The app ID the open API accepts, with `--app-secret` (any when unset).
+    #[arg(long, requires = "app_secret")]
+    pub app_id: Option<String>,
+    /// The app secret the open API accepts.
+    #[arg(long, requires = "app_id")]
+    pub app_secret: Option<String>,
+    /// The helpdesk ID the helpdesk calls must carry, with `--api-helpdesk-token` (any when
+    /// unset).
+    #[arg(long, requires = "api_helpdesk_token")]
+    pub api_helpdesk_id: Option<String>,
+    /// The helpdesk token the helpdesk calls must carry.
+    #[arg(long, requires = "api_helpdesk_id")]
+    pub api_helpdesk_token: Option<String>,
 }
 
 /// Run the fake until `shutdown`: deliver `--count` events to the first bridge that connects
@@ -938,7 +951,30 @@ pub async fn run_cli(
     fake.api().set(|b| {
         b.delay = Duration::from_millis(args.api_delay_ms);
         b.token_expire_secs = args.token_expire_secs;
+        b.app = args.app_id.clone().zip(args.app_secret.clone());
+        b.helpdesk = args
+            .api_helpdesk_id
+            .clone()
+            .zip(args.api_helpdesk_token.clone());
     });
+    // Every open-API call, one JSON line each (`api {...}`), as it arrives.
+    let api = fake.api().clone();
+    let print_calls = async move {
+        let mut printed = 0;
+        loop {
+            let calls = api
+                .wait_until(Duration::MAX, |a| {
+                    let c = a.calls();
+                    (c.len() > printed).then_some(c)
+                })
+                .await
+                .unwrap_or_default();
+            for c in &calls[printed..] {
+                println!("api {}", serde_json::to_string(c).unwrap_or_default());
+            }
+            printed = calls.len();
+        }
+    };
     println!(
         "fake Lark listening: set lark.domain = \"{}\" (any app_id / app_secret, helpdesk_id / helpdesk_token) and source.kind = \"long_connection\"",
         fake.base_url()
@@ -1017,6 +1053,7 @@ pub async fn run_cli(
     tokio::select! {
         _ = shutdown => {}
         _ = work => {}
+        _ = print_calls => {}
     }
     Ok(())
 }

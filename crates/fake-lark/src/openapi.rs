@@ -59,7 +59,7 @@ impl Default for ApiBehaviour {
 }
 
 /// One call the fake received.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct ApiCall {
     /// `tenant_token`, `subscribe`, `unsubscribe` or `ticket_detail`.
     pub api: &'static str,
@@ -72,6 +72,7 @@ pub struct ApiCall {
     pub body: Value,
     /// The HTTP status it was answered with.
     pub status: u16,
+    #[serde(skip)]
     pub at: Instant,
 }
 
@@ -281,8 +282,13 @@ fn helpdesk_auth(api: &OpenApi, h: &HeaderMap) -> Option<Response> {
     let expected = g.behaviour.helpdesk.as_ref().map(|(id, token)| {
         base64::engine::general_purpose::STANDARD.encode(format!("{id}:{token}"))
     });
+    // The documented value is the bare base64 (the Go SDK sends that); the Node SDK prefixes
+    // it with "Bearer ". Lark takes both, and so does the fake.
     let given = header(h, "x-lark-helpdesk-authorization");
-    let helpdesk_ok = match (&expected, &given) {
+    let given = given
+        .as_deref()
+        .map(|g| g.strip_prefix("Bearer ").unwrap_or(g));
+    let helpdesk_ok = match (&expected, given) {
         (Some(e), Some(g)) => e == g,
         (None, Some(g)) => !g.is_empty(),
         _ => false,
