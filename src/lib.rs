@@ -9,7 +9,8 @@
 //! - [`pipeline`] — normalize → dedup reserve → publish → dedup commit.
 //! - [`normalize`] — Lark event → CloudEvent v1, pure; [`event`] — the published form.
 //! - [`dedup`] and [`sink`] — the ports: stores and brokers behind small traits.
-//! - [`config`], [`metrics`], [`health`], [`logging`] — the supporting cast.
+//! - [`config`], [`metrics`], [`health`], [`logging`], [`telemetry`] (OpenTelemetry traces) —
+//!   the supporting cast.
 //! - [`simulate`] — Lark's side of the protocol, for the quickstart, tests and load;
 //!   [`fakelark`] — Lark's side of the long connection.
 
@@ -27,6 +28,7 @@ pub mod redrive;
 pub mod secrets;
 pub mod simulate;
 pub mod sink;
+pub mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -70,6 +72,9 @@ pub enum StartError {
     /// Lark refused the long connection for good (a client error, lark-longconn.md §2–3).
     #[error("{0}")]
     LarkRefused(String),
+    /// Traces could not be set up (`otel.*`).
+    #[error(transparent)]
+    Telemetry(#[from] telemetry::TelemetryError),
     /// The long connection's HTTP client could not be built.
     #[error("long connection: cannot build the HTTP client: {0}")]
     HttpClient(#[source] reqwest::Error),
@@ -231,6 +236,7 @@ pub fn webhook_router(
         read_timeout: cfg.server.read_timeout,
         max_header_bytes: cfg.server.max_header_bytes,
         body_budget: entrance::webhook::BodyBudget::new(cfg.server.max_buffered_body_bytes),
+        parent_from_request: cfg.otel.parent_from_request,
     });
     Ok(entrance::webhook::router(&cfg.server.path, state))
 }
@@ -356,6 +362,8 @@ pub async fn run(
     }
     tracing::info!("shutting down: flushing the sink");
     let _ = tokio::time::timeout(grace, components.sink.flush()).await;
+    // The spans of the last requests, before the process may exit.
+    telemetry::flush(grace).await;
     stop.cancel();
     let _ = probes.await;
     let _ = admin.await;

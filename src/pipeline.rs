@@ -15,6 +15,7 @@ use crate::config::OnStoreError;
 use crate::dedup::{DedupStore, Owner, Reservation, Settled};
 use crate::metrics::{DedupResult, Metrics, PublishResult, StoreOp};
 use crate::sink::{PublishErrorKind, Sink};
+use crate::telemetry::{self, step_span};
 use lark_protocol::event::{EventClass, Outgoing};
 use lark_protocol::normalize::{self, NormalizeError};
 use lark_protocol::VerifiedEvent;
@@ -134,7 +135,7 @@ impl Pipeline {
         ev: VerifiedEvent,
         deadline: Instant,
     ) -> Result<Processed, PipelineError> {
-        let Some((out, refused)) = self.prepare(&ev)? else {
+        let Some((mut out, refused)) = self.prepare(&ev)? else {
             return Ok(Processed::Ignored);
         };
         let done = match out.class {
@@ -147,31 +148,37 @@ impl Pipeline {
         };
         let backend = self.dedup.backend();
 
-        // Reserve.
+        // Reserve. (Each step has a span for traces only: `step_span!` is a no-op when off.)
+        let span = step_span!("dedup.reserve", dedup.backend = backend);
         let reserved = self
             .timed_store(
                 StoreOp::Reserve,
                 deadline,
                 self.dedup.reserve(&out.attrs.id, self.settings.lease),
             )
+            .instrument(span.clone())
             .await;
         let owner = match reserved {
             Ok(Reservation::New(owner)) => {
                 self.metrics.dedup_reserved(DedupResult::New);
+                telemetry::step_outcome(&span, "new", false);
                 Some(owner)
             }
             Ok(Reservation::Duplicate) => {
                 self.metrics.dedup_reserved(DedupResult::Duplicate);
+                telemetry::step_outcome(&span, "duplicate", false);
                 return Ok(Processed::Duplicate);
             }
             Ok(Reservation::InFlight) => {
                 self.metrics.dedup_reserved(DedupResult::InFlight);
+                telemetry::step_outcome(&span, "in_flight", false);
                 return Err(PipelineError::Unavailable(
                     "another copy of this event is being published; retry later",
                 ));
             }
             Err(_) => {
                 self.metrics.dedup_reserved(DedupResult::Error);
+                telemetry::step_outcome(&span, "error", true);
                 match self.settings.on_store_error {
                     OnStoreError::Reject => {
                         return Err(PipelineError::Unavailable("dedup store unavailable"))
@@ -182,11 +189,24 @@ impl Pipeline {
             }
         };
 
-        // Publish.
+        // Publish. The message carries the publish span's trace context, so that a consumer's
+        // span is its child.
         let sink = self.sink.name();
+        let span = step_span!(
+            "publish",
+            otel.kind = "producer",
+            messaging.system = sink,
+            messaging.message.id = out.attrs.id.as_str(),
+        );
+        if telemetry::enabled() {
+            out.trace = telemetry::trace_context(&span);
+        }
         let started = Instant::now();
         let remaining = deadline.saturating_duration_since(started);
-        let result = match tokio::time::timeout(remaining, self.sink.publish(&out)).await {
+        let result = match tokio::time::timeout(remaining, self.sink.publish(&out))
+            .instrument(span.clone())
+            .await
+        {
             Ok(r) => r,
             Err(_) => Err(crate::sink::PublishError::timeout(
                 "no acknowledgement within the response budget",
@@ -194,6 +214,7 @@ impl Pipeline {
         };
         match result {
             Ok(ack) => {
+                telemetry::step_outcome(&span, "ok", false);
                 self.metrics
                     .published(PublishResult::Ok, sink, started.elapsed(), None);
                 tracing::debug!(location = %ack.location, broker_duplicate = ack.duplicate, "published");
@@ -204,6 +225,12 @@ impl Pipeline {
                 } else {
                     PublishResult::Error
                 };
+                let outcome = if result == PublishResult::Timeout {
+                    "timeout"
+                } else {
+                    "error"
+                };
+                telemetry::step_outcome(&span, outcome, true);
                 self.metrics
                     .published(result, sink, started.elapsed(), Some(&e));
                 if let Some(owner) = owner {
@@ -225,17 +252,27 @@ impl Pipeline {
         if let Some(owner) = owner {
             let this = self.clone();
             let id = out.attrs.id.clone();
+            let span = step_span!("dedup.commit", dedup.backend = backend);
+            let step = span.clone();
             let commit = detached(
                 async move {
                     let t = Instant::now();
                     let r = this.dedup.commit(&id, &owner, this.settings.ttl).await;
                     this.metrics.store_latency(StoreOp::Commit, t.elapsed());
+                    let current = step;
                     match r {
-                        Ok(Settled::Done) => {}
-                        Ok(Settled::Lost) => this.metrics.lost_race(StoreOp::Commit),
-                        Err(e) => this.metrics.store_failed(StoreOp::Commit, backend, &e),
+                        Ok(Settled::Done) => telemetry::step_outcome(&current, "ok", false),
+                        Ok(Settled::Lost) => {
+                            telemetry::step_outcome(&current, "lost", true);
+                            this.metrics.lost_race(StoreOp::Commit)
+                        }
+                        Err(e) => {
+                            telemetry::step_outcome(&current, "error", true);
+                            this.metrics.store_failed(StoreOp::Commit, backend, &e)
+                        }
                     }
                 }
+                .instrument(span)
                 .in_current_span(),
             );
             let remaining = deadline.saturating_duration_since(Instant::now());

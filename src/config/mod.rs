@@ -5,13 +5,14 @@
 //! offending key.
 //!
 //! One file per section: [`server`] (and `[admin]`), [`lark`], [`source`], [`sink`] (and
-//! `[routing]`), [`dedup`], [`deadletter`], [`log`]; [`secret`] for secret values, [`template`] for topic and
+//! `[routing]`), [`dedup`], [`deadletter`], [`log`], [`otel`]; [`secret`] for secret values, [`template`] for topic and
 //! subject templates, `units` for the serde helpers.
 
 pub mod deadletter;
 pub mod dedup;
 pub mod lark;
 pub mod log;
+pub mod otel;
 pub mod secret;
 pub mod server;
 pub mod sink;
@@ -29,6 +30,7 @@ pub use dedup::{
 };
 pub use lark::LarkConfig;
 pub use log::{LogConfig, LogFormat};
+pub use otel::{OtelConfig, OtelProtocol};
 pub use secret::{is_secret_property, redact_url, split_secret_list, KafkaProperties, Secret, Url};
 pub use server::{AdminConfig, Limits, ServerConfig, WorstCase, ADMIN_HEADER_BYTES};
 pub use sink::{
@@ -126,6 +128,8 @@ pub struct Config {
     pub deadletter: DeadLetterConfig,
     /// `[log]`: logs.
     pub log: LogConfig,
+    /// `[otel]`: OpenTelemetry traces (off by default).
+    pub otel: OtelConfig,
 }
 
 /// How to treat `_file` secrets while loading.
@@ -189,6 +193,8 @@ impl Config {
         };
         let mut cfg: Config = raw.clone().try_deserialize().map_err(load_error)?;
         cfg.resolve_secret_files(secret_files)?;
+        // The standard `OTEL_*` variables, from the same environment as ours.
+        cfg.otel.resolve(env)?;
         crate::secrets::register(cfg.secret_values());
         cfg.validate(secret_files)?;
         Ok(cfg)
@@ -305,6 +311,7 @@ impl Config {
             self.sink.nats.url.expose(),
             self.dedup.nats.url.expose(),
             self.sink.kafka.brokers.as_str(),
+            self.otel.endpoint.as_ref().map_or("", |u| u.expose()),
         ] {
             out.extend(secret::url_secrets(u));
         }

@@ -103,6 +103,13 @@ pub struct CloudEvent<D> {
     /// Extension of dead letters: why the normalizer refused the event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadletterreason: Option<String>,
+    /// Distributed-tracing extension: the W3C `traceparent` of the bridge's publish span, when
+    /// the bridge exports traces. Start the consumer's span as its child.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// Distributed-tracing extension: the W3C `tracestate` that goes with `traceparent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
     /// The event's data, e.g. [`TicketData`].
     pub data: D,
 }
@@ -214,6 +221,8 @@ impl<D: DeserializeOwned> CloudEvent<D> {
             larkeventtype: attribute("larkeventtype")
                 .ok_or(ConsumeError::MissingAttribute("larkeventtype"))?,
             deadletterreason: attribute("deadletterreason"),
+            traceparent: attribute("traceparent"),
+            tracestate: attribute("tracestate"),
             data: serde_json::from_slice(data)?,
         })
     }
