@@ -274,7 +274,7 @@ mod tests {
         };
         c.resolve(&[]).unwrap();
         assert_eq!(
-            c.export_url.unwrap().as_str(),
+            c.export_url.as_ref().unwrap().as_str(),
             "http://collector:4318/prefix/v1/traces"
         );
         let mut c = OtelConfig::default();
@@ -283,14 +283,14 @@ mod tests {
             "http://c:4318/custom",
         )]))
         .unwrap();
-        assert_eq!(c.export_url.unwrap().as_str(), "http://c:4318/custom");
+        assert_eq!(c.export_url.as_ref().unwrap().as_str(), "http://c:4318/custom");
         let mut c = OtelConfig {
             protocol: Some(OtelProtocol::Grpc),
             endpoint: Some(Url::new("http://c:4317")),
             ..Default::default()
         };
         c.resolve(&[]).unwrap();
-        assert_eq!(c.export_url.unwrap().as_str(), "http://c:4317/");
+        assert_eq!(c.export_url.as_ref().unwrap().as_str(), "http://c:4317/");
     }
 
     #[test]
@@ -326,7 +326,7 @@ mod tests {
             ..Default::default()
         };
         c.resolve(&e).unwrap();
-        assert_eq!(c.export_url.unwrap().as_str(), "http://mine:4318/v1/traces");
+        assert_eq!(c.export_url.as_ref().unwrap().as_str(), "http://mine:4318/v1/traces");
         assert_eq!(c.service_name(), "mine");
         assert_eq!(c.sample_ratio(), 0.5);
     }
