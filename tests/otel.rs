@@ -136,13 +136,24 @@ fn flatten(req: ExportTraceServiceRequest, out: &mut Vec<Span>) {
 /// Spans from the receiver until the request span of `event_id` and its four children are
 /// there (bounded by the kit's WAIT).
 async fn trace_of(rx: &mut Requests, event_id: &str) -> (Span, Vec<Span>) {
+    trace_named(rx, "request", event_id, 4).await
+}
+
+/// [`trace_of`] for a root span called `root_name` (`event` for a long-connection frame).
+async fn trace_named(
+    rx: &mut Requests,
+    root_name: &str,
+    event_id: &str,
+    children: usize,
+) -> (Span, Vec<Span>) {
+    let want = children;
     let mut all = Vec::new();
     let until = tokio::time::Instant::now() + WAIT;
     loop {
         let root = all
             .iter()
             .find(|s: &&Span| {
-                s.name == "request" && s.attrs.get("event_id").map(String::as_str) == Some(event_id)
+                s.name == root_name && s.attrs.get("event_id").map(String::as_str) == Some(event_id)
             })
             .cloned();
         if let Some(root) = root {
@@ -151,7 +162,7 @@ async fn trace_of(rx: &mut Requests, event_id: &str) -> (Span, Vec<Span>) {
                 .filter(|s| s.parent_id == root.span_id)
                 .cloned()
                 .collect();
-            if children.len() >= 4 {
+            if children.len() >= want {
                 return (root, children);
             }
         }
@@ -185,7 +196,11 @@ fn assert_tree(root: &Span, children: &[Span], event_id: &str, forbidden: &[Stri
     assert_eq!(root.attrs["event_type"], "helpdesk.ticket.created_v1");
     assert_eq!(root.attrs["outcome"], "published");
     assert_eq!(root.attrs["status"], "200");
-    assert_eq!(root.attrs["source"], "webhook");
+    if root.name == "request" {
+        assert_eq!(root.attrs["source"], "webhook");
+    } else {
+        assert_eq!(root.attrs["source"], "long_connection");
+    }
     assert!(!root.error);
     let names: Vec<&str> = children.iter().map(|s| s.name.as_str()).collect();
     let mut sorted = names.clone();
@@ -448,4 +463,88 @@ async fn off_puts_no_trace_context_in_messages() {
         .binary_pairs()
         .iter()
         .any(|(k, _)| k.starts_with("trace")));
+}
+
+/// The long connection: one `event` span per frame, with the same children, and the message
+/// names its publish span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_connection_frame_is_traced_like_a_request() {
+    use fake_lark::longconn::{ticket_payload, Behaviour, FakeLark};
+    let (otel, mut spans) = http_receiver().await;
+    let nats = start_nats().await;
+    let fake = FakeLark::start(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        Behaviour::default(),
+    )
+    .await
+    .unwrap();
+    let domain = fake.base_url();
+    let app_secret = "app-secret-for-otel-tests";
+    let cfg = nats_cfg(
+        &nats,
+        &otel,
+        &[
+            ("source.kind", "long_connection"),
+            ("lark.app_id", "cli_test0000000001"),
+            ("lark.app_secret", app_secret),
+            ("lark.domain", domain.as_str()),
+            ("source.long_connection.reconnect_nonce_secs", "0"),
+        ],
+    );
+    let bridge = Bridge::from_config(cfg).await;
+    assert!(fake.wait_connections(1, WAIT).await, "bridge connected");
+    bridge.wait_ready(200).await;
+    let id = format!("ev_{:016x}", rand::random::<u64>());
+    fake.deliver(ticket_payload(&id, "6626871355780366330"), None);
+    let replies = fake.wait_replies(1, WAIT).await;
+    assert_eq!(replies[0].code, Some(200), "{replies:?}");
+    bridge.stop().await.unwrap();
+    let (root, children) = trace_named(&mut spans, "event", &id, 4).await;
+    assert_eq!(root.parent_id, "", "a frame starts its own trace");
+
+    let msgs = stream_messages(&nats.url("nats"), "LARK_HELPDESK").await;
+    assert_eq!(msgs.len(), 1);
+    let ce: serde_json::Value = serde_json::from_slice(&msgs[0].payload).unwrap();
+    let forbidden = vec![
+        KEY.to_string(),
+        TOKEN.to_string(),
+        app_secret.to_string(),
+        ce["data"]["ticket_id"].as_str().unwrap().to_string(),
+    ];
+    let publish = assert_tree(&root, &children, &id, &forbidden);
+    assert_eq!(ce["traceparent"], traceparent_of(&publish));
+}
+
+/// A broker that does not answer: the request span says `unavailable` with an error status,
+/// the publish span failed, the reservation was released (no commit span).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_publish_is_an_error_in_the_trace() {
+    let (otel, mut spans) = http_receiver().await;
+    let nats = start_nats().await;
+    let cfg = nats_cfg(
+        &nats,
+        &otel,
+        &[
+            ("server.response_budget_ms", "500"),
+            ("dedup.lease_ms", "1000"),
+        ],
+    );
+    let bridge = Bridge::from_config(cfg).await;
+    bridge.wait_ready(200).await;
+    nats.signal("-STOP");
+    let r = ticket("6626871355780366330");
+    let (status, _) = post(&bridge.url, &r).await;
+    nats.signal("-CONT");
+    assert_eq!(status, 503);
+    bridge.stop().await.unwrap();
+    let (root, children) = trace_named(&mut spans, "request", &r.event_id, 3).await;
+    assert_eq!(root.attrs["outcome"], "unavailable");
+    assert_eq!(root.attrs["status"], "503");
+    assert!(root.error, "a retry-later answer is an error");
+    let mut names: Vec<&str> = children.iter().map(|s| s.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["dedup.reserve", "publish", "verify"]);
+    let publish = children.iter().find(|s| s.name == "publish").unwrap();
+    assert_eq!(publish.attrs["outcome"], "timeout");
+    assert!(publish.error);
 }

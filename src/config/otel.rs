@@ -283,7 +283,10 @@ mod tests {
             "http://c:4318/custom",
         )]))
         .unwrap();
-        assert_eq!(c.export_url.as_ref().unwrap().as_str(), "http://c:4318/custom");
+        assert_eq!(
+            c.export_url.as_ref().unwrap().as_str(),
+            "http://c:4318/custom"
+        );
         let mut c = OtelConfig {
             protocol: Some(OtelProtocol::Grpc),
             endpoint: Some(Url::new("http://c:4317")),
@@ -326,7 +329,10 @@ mod tests {
             ..Default::default()
         };
         c.resolve(&e).unwrap();
-        assert_eq!(c.export_url.as_ref().unwrap().as_str(), "http://mine:4318/v1/traces");
+        assert_eq!(
+            c.export_url.as_ref().unwrap().as_str(),
+            "http://mine:4318/v1/traces"
+        );
         assert_eq!(c.service_name(), "mine");
         assert_eq!(c.sample_ratio(), 0.5);
     }
