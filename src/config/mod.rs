@@ -323,6 +323,7 @@ impl Config {
                 out.extend(secret::embedded_values(v));
             }
         }
+        out.extend(self.otel.header_values.iter().cloned());
         out.retain(|v| !v.is_empty());
         out
     }

@@ -60,6 +60,10 @@ pub struct OtelConfig {
     /// The URL the exporter sends to (`{endpoint}/v1/traces` over HTTP); not a key.
     #[serde(skip)]
     pub export_url: Option<url::Url>,
+    /// The values of `OTEL_EXPORTER_OTLP_HEADERS` / `_TRACES_HEADERS` (which the exporter reads
+    /// itself): often a backend's API key, so scrubbed from logs like every secret; not a key.
+    #[serde(skip)]
+    pub header_values: Vec<String>,
 }
 
 /// Default `otel.service_name`.
@@ -120,6 +124,19 @@ impl OtelConfig {
         let disabled =
             lookup(env, "OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
 
+        for var in [
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        ] {
+            if let Some(h) = lookup(env, var) {
+                self.header_values.extend(
+                    h.split(',')
+                        .filter_map(|pair| pair.split_once('='))
+                        .map(|(_, v)| v.trim().to_string())
+                        .flat_map(|v| [percent_decode(&v), v]),
+                );
+            }
+        }
         if let Some(attrs) = lookup(env, "OTEL_RESOURCE_ATTRIBUTES") {
             self.resource_attributes = attrs
                 .split(',')
@@ -335,6 +352,19 @@ mod tests {
         );
         assert_eq!(c.service_name(), "mine");
         assert_eq!(c.sample_ratio(), 0.5);
+    }
+
+    #[test]
+    fn exporter_header_values_are_kept_as_secrets() {
+        let mut c = OtelConfig::default();
+        c.resolve(&env(&[(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "api-key=abc%3D123,x-tenant = t1",
+        )]))
+        .unwrap();
+        assert!(c.header_values.contains(&"abc=123".to_string()));
+        assert!(c.header_values.contains(&"abc%3D123".to_string()));
+        assert!(c.header_values.contains(&"t1".to_string()));
     }
 
     #[test]
