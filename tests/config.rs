@@ -848,6 +848,14 @@ fn check_config_prints_the_resolved_otel_endpoint_without_its_credentials() {
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("[otel]"), "{stdout}");
     assert!(stdout.contains("collector.example:4318"), "{stdout}");
+    // The values in use, defaults included.
+    for line in [
+        "protocol = \"http\"",
+        "service_name = \"lark-bridge\"",
+        "sample_ratio = 1.0",
+    ] {
+        assert!(stdout.contains(line), "{line} missing from\n{stdout}");
+    }
     assert!(!stdout.contains("s3cr3t-otlp") && !stderr.contains("s3cr3t-otlp"));
     // And a start with a bad endpoint stops naming the key.
     let out = bridge_bin()

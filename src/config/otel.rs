@@ -247,6 +247,10 @@ impl OtelConfig {
         }
         if !disabled {
             self.export_url = Some(export);
+            // What is used, printed by `check-config` with the rest.
+            self.protocol = Some(protocol);
+            self.service_name = Some(self.service_name().to_string());
+            self.sample_ratio = Some(self.sample_ratio());
         }
         Ok(())
     }
