@@ -69,7 +69,8 @@ pub type NotificationApprove = CloudEvent<NotificationApproveData>;
 ///
 /// Deserializes from a structured-mode body; [`CloudEvent::from_binary`] builds it from a
 /// binary-mode message. Serializing it gives the structured JSON back, attributes in the order
-/// the bridge writes them. Unknown attributes are ignored (v1 grows additively).
+/// the bridge writes them (but for `traceparent` / `tracestate`, which the bridge writes first).
+/// Unknown attributes are ignored (v1 grows additively).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CloudEvent<D> {
     /// CloudEvents spec version: `"1.0"`.
