@@ -11,7 +11,8 @@
 //! - [`dedup`] and [`sink`] — the ports: stores and brokers behind small traits.
 //! - [`lark_api`] — Lark's open API (tenant token, helpdesk subscription, ticket detail);
 //!   [`subscription`] — subscribing at start and `lark-bridge subscribe`.
-//! - [`config`], [`metrics`], [`health`], [`logging`], [`secrets`] — the supporting cast.
+//! - [`config`], [`metrics`], [`health`], [`logging`], [`secrets`], [`telemetry`]
+//!   (OpenTelemetry traces) — the supporting cast.
 //! - [`simulate`] — Lark's side of the push protocol, for the smoke test (and the load
 //!   generator of the `fake-lark` crate); [`redrive`] — dead letters back after a fix.
 
@@ -31,6 +32,7 @@ pub mod secrets;
 pub mod simulate;
 pub mod sink;
 pub mod subscription;
+pub mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -74,6 +76,9 @@ pub enum StartError {
     /// Lark refused the long connection for good (a client error, lark-longconn.md §2–3).
     #[error("{0}")]
     LarkRefused(String),
+    /// Traces could not be set up (`otel.*`).
+    #[error(transparent)]
+    Telemetry(#[from] telemetry::TelemetryError),
     /// An HTTP client (long connection, Lark's open API) could not be built.
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(#[source] reqwest::Error),
@@ -272,6 +277,7 @@ pub fn webhook_router(
         read_timeout: cfg.server.read_timeout,
         max_header_bytes: cfg.server.max_header_bytes,
         body_budget: entrance::webhook::BodyBudget::new(cfg.server.max_buffered_body_bytes),
+        parent_from_request: cfg.otel.parent_from_request,
     });
     Ok(entrance::webhook::router(&cfg.server.path, state))
 }
@@ -399,6 +405,8 @@ pub async fn run(
     }
     tracing::info!("shutting down: flushing the sink");
     let _ = tokio::time::timeout(grace, components.sink.flush()).await;
+    // The spans of the last requests, before the process may exit.
+    telemetry::flush(grace).await;
     stop.cancel();
     let _ = probes.await;
     if let Some(s) = subscription {

@@ -9,22 +9,19 @@ use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::config::{LogConfig, LogFormat};
 
 /// Install the global subscriber. Safe to call once; later calls are ignored.
 pub fn init(cfg: &LogConfig) {
     let filter = EnvFilter::try_new(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = match cfg.format {
-        LogFormat::Json => true,
-        LogFormat::Text => false,
-        LogFormat::Auto => !std::io::stderr().is_terminal(),
-    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
-    let _ = if json {
+    let _ = if is_json(cfg) {
         // Every line passes through the scrubber: configured secret values never leave the
         // process, whatever a client library put in an error we log.
         builder
@@ -42,6 +39,51 @@ pub fn init(cfg: &LogConfig) {
             .with_writer(|| LineWriter(crate::secrets::Scrubbing(std::io::stderr())))
             .try_init()
     };
+}
+
+fn is_json(cfg: &LogConfig) -> bool {
+    match cfg.format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    }
+}
+
+/// A layer beside the logs (the OpenTelemetry one), with its own filter.
+pub type ExtraLayer = Box<dyn Layer<Registry> + Send + Sync>;
+
+/// [`init`] with `extra` beside the log lines: the same lines, the log filter applied to them
+/// alone (per-layer), and the trace-only spans ([`crate::telemetry::TARGET`]) never in them, so
+/// a line's span is still the request's. False when a subscriber was installed before.
+pub fn init_with(cfg: &LogConfig, extra: Option<ExtraLayer>) -> bool {
+    let Some(extra) = extra else {
+        init(cfg);
+        return true;
+    };
+    let off = format!("{}=off", crate::telemetry::TARGET);
+    let filter = EnvFilter::try_new(&cfg.level)
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        .add_directive(off.parse().expect("a valid directive"));
+    let fmt = tracing_subscriber::fmt::layer().with_target(false);
+    let fmt: Box<dyn Layer<_> + Send + Sync> = if is_json(cfg) {
+        fmt.with_writer(|| crate::secrets::Scrubbing(std::io::stderr()))
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_filter(filter)
+            .boxed()
+    } else {
+        fmt.with_ansi(false)
+            .with_writer(|| LineWriter(crate::secrets::Scrubbing(std::io::stderr())))
+            .with_filter(filter)
+            .boxed()
+    };
+    tracing_subscriber::registry()
+        .with(extra)
+        .with(fmt)
+        .try_init()
+        .is_ok()
 }
 
 /// A text log writer that escapes every control character of a line (as `\u{…}`) except the

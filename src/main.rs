@@ -153,7 +153,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run => {
             let cfg = Config::load(cli.config.as_deref(), SecretFiles::Read)?;
-            lark_bridge::logging::init(&cfg.log);
+            lark_bridge::telemetry::init(&cfg.log, &cfg.otel)?;
             let components = lark_bridge::Components::from_config(&cfg).await?;
             let webhook = match cfg.source.kind {
                 lark_bridge::config::SourceKind::Webhook => Some(
@@ -175,6 +175,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 shutdown_signal(),
             )
             .await?;
+            lark_bridge::telemetry::shutdown(std::time::Duration::from_secs(5)).await;
             Ok(())
         }
     }

@@ -17,6 +17,7 @@ use crate::lark_api::LarkApi;
 use crate::logging::warn_limited;
 use crate::metrics::{DedupResult, Metrics, PublishResult, StoreOp};
 use crate::sink::{PublishErrorKind, Sink};
+use crate::telemetry::{self, step_span};
 use lark_protocol::event::{EventClass, Outgoing};
 use lark_protocol::normalize::{self, enrich, NormalizeError};
 use lark_protocol::VerifiedEvent;
@@ -88,8 +89,11 @@ impl Enricher {
             return out;
         };
         let until = deadline.min(Instant::now() + self.budget);
+        let span = step_span!("enrich", lark.ticket_id = ticket_id);
         let fetched = if self.api.can_call_helpdesk() {
-            tokio::time::timeout_at(until.into(), self.api.ticket_detail(ticket_id, until)).await
+            tokio::time::timeout_at(until.into(), self.api.ticket_detail(ticket_id, until))
+                .instrument(span.clone())
+                .await
         } else {
             Ok(Err(crate::lark_api::ApiError::NoHelpdeskCredentials(
                 crate::lark_api::Api::TicketDetail,
@@ -115,6 +119,7 @@ impl Enricher {
             }
         };
         metrics.enrich.with_label_values(&[result]).inc();
+        telemetry::step_outcome(&span, result, result != "ok");
         match enrich::with_customized_fields(&out, found) {
             Ok(enriched) => enriched,
             // Cannot happen for what the normalizer made; publish it as it was rather than lose it.
@@ -211,31 +216,37 @@ impl Pipeline {
         };
         let backend = self.dedup.backend();
 
-        // Reserve.
+        // Reserve. (Each step has a span for traces only: `step_span!` is a no-op when off.)
+        let span = step_span!("dedup.reserve", dedup.backend = backend);
         let reserved = self
             .timed_store(
                 StoreOp::Reserve,
                 deadline,
                 self.dedup.reserve(&out.attrs.id, self.settings.lease),
             )
+            .instrument(span.clone())
             .await;
         let owner = match reserved {
             Ok(Reservation::New(owner)) => {
                 self.metrics.dedup_reserved(DedupResult::New);
+                telemetry::step_outcome(&span, "new", false);
                 Some(owner)
             }
             Ok(Reservation::Duplicate) => {
                 self.metrics.dedup_reserved(DedupResult::Duplicate);
+                telemetry::step_outcome(&span, "duplicate", false);
                 return Ok(Processed::Duplicate);
             }
             Ok(Reservation::InFlight) => {
                 self.metrics.dedup_reserved(DedupResult::InFlight);
+                telemetry::step_outcome(&span, "in_flight", false);
                 return Err(PipelineError::Unavailable(
                     "another copy of this event is being published; retry later",
                 ));
             }
             Err(_) => {
                 self.metrics.dedup_reserved(DedupResult::Error);
+                telemetry::step_outcome(&span, "error", true);
                 match self.settings.on_store_error {
                     OnStoreError::Reject => {
                         return Err(PipelineError::Unavailable("dedup store unavailable"))
@@ -247,16 +258,29 @@ impl Pipeline {
         };
 
         // Enrich (only what will be published: a duplicate has returned above).
-        let out = match &self.enricher {
+        let mut out = match &self.enricher {
             Some(e) => e.enrich(out, deadline, &self.metrics).await,
             None => out,
         };
 
-        // Publish.
+        // Publish. The message carries the publish span's trace context, so that a consumer's
+        // span is its child.
         let sink = self.sink.name();
+        let span = step_span!(
+            "publish",
+            otel.kind = "producer",
+            messaging.system = sink,
+            messaging.message.id = out.attrs.id.as_str(),
+        );
+        if telemetry::enabled() {
+            out.trace = telemetry::trace_context(&span);
+        }
         let started = Instant::now();
         let remaining = deadline.saturating_duration_since(started);
-        let result = match tokio::time::timeout(remaining, self.sink.publish(&out)).await {
+        let result = match tokio::time::timeout(remaining, self.sink.publish(&out))
+            .instrument(span.clone())
+            .await
+        {
             Ok(r) => r,
             Err(_) => Err(crate::sink::PublishError::timeout(
                 "no acknowledgement within the response budget",
@@ -264,6 +288,7 @@ impl Pipeline {
         };
         match result {
             Ok(ack) => {
+                telemetry::step_outcome(&span, "ok", false);
                 self.metrics
                     .published(PublishResult::Ok, sink, started.elapsed(), None);
                 tracing::debug!(location = %ack.location, broker_duplicate = ack.duplicate, "published");
@@ -274,6 +299,12 @@ impl Pipeline {
                 } else {
                     PublishResult::Error
                 };
+                let outcome = if result == PublishResult::Timeout {
+                    "timeout"
+                } else {
+                    "error"
+                };
+                telemetry::step_outcome(&span, outcome, true);
                 self.metrics
                     .published(result, sink, started.elapsed(), Some(&e));
                 if let Some(owner) = owner {
@@ -295,17 +326,27 @@ impl Pipeline {
         if let Some(owner) = owner {
             let this = self.clone();
             let id = out.attrs.id.clone();
+            let span = step_span!("dedup.commit", dedup.backend = backend);
+            let step = span.clone();
             let commit = detached(
                 async move {
                     let t = Instant::now();
                     let r = this.dedup.commit(&id, &owner, this.settings.ttl).await;
                     this.metrics.store_latency(StoreOp::Commit, t.elapsed());
+                    let current = step;
                     match r {
-                        Ok(Settled::Done) => {}
-                        Ok(Settled::Lost) => this.metrics.lost_race(StoreOp::Commit),
-                        Err(e) => this.metrics.store_failed(StoreOp::Commit, backend, &e),
+                        Ok(Settled::Done) => telemetry::step_outcome(&current, "ok", false),
+                        Ok(Settled::Lost) => {
+                            telemetry::step_outcome(&current, "lost", true);
+                            this.metrics.lost_race(StoreOp::Commit)
+                        }
+                        Err(e) => {
+                            telemetry::step_outcome(&current, "error", true);
+                            this.metrics.store_failed(StoreOp::Commit, backend, &e)
+                        }
                     }
                 }
+                .instrument(span)
                 .in_current_span(),
             );
             let remaining = deadline.saturating_duration_since(Instant::now());

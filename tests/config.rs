@@ -164,6 +164,10 @@ fn full_example_is_the_complete_reference_with_defaults() {
         "sink.kafka.properties_file",
         "dedup.redis.password",
         "dedup.redis.password_file",
+        "otel.endpoint",
+        "otel.protocol",
+        "otel.service_name",
+        "otel.sample_ratio",
     ];
     for k in want
         .keys()
@@ -466,7 +470,7 @@ fn refuses_no_key_and_no_token_unless_allowed() {
 fn bridge_bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_lark-bridge"));
     for (k, _) in std::env::vars() {
-        if k.starts_with("LARK_BRIDGE") {
+        if k.starts_with("LARK_BRIDGE") || k.starts_with("OTEL_") {
             c.env_remove(k);
         }
     }
@@ -1004,4 +1008,140 @@ fn redis_tls_files_are_checked_at_load_naming_the_key_never_the_content() {
     let key_body = key_pem.lines().nth(1).unwrap();
     assert!(!format!("{files:?}").contains(key_body));
     assert!(!format!("{cfg:?}").contains(key_body));
+}
+
+// ---------------------------------------------------------------- otel
+
+#[test]
+fn otel_is_off_by_default_with_documented_defaults() {
+    let cfg = load_text(KEYS, &[], SecretFiles::Skip).unwrap();
+    let o = &cfg.otel;
+    assert!(!o.enabled());
+    assert!(o.endpoint.is_none());
+    assert_eq!(o.protocol(), lark_bridge::config::OtelProtocol::Http);
+    assert_eq!(o.service_name(), "lark-bridge");
+    assert_eq!(o.sample_ratio(), 1.0);
+    assert!(!o.parent_from_request);
+}
+
+#[test]
+fn otel_keys_come_from_the_file_our_environment_and_the_otel_variables() {
+    // The file; an integer ratio (as the chart renders 1.0) reads as a number.
+    let text = format!(
+        "{KEYS}[otel]\nendpoint = \"http://collector:4318\"\nservice_name = \"helpdesk-bridge\"\nsample_ratio = 1\nparent_from_request = true\n"
+    );
+    let cfg = load_text(&text, &[], SecretFiles::Skip).unwrap();
+    let o = &cfg.otel;
+    assert!(o.enabled());
+    assert_eq!(
+        o.export_url.as_ref().unwrap().as_str(),
+        "http://collector:4318/v1/traces"
+    );
+    assert_eq!(o.service_name(), "helpdesk-bridge");
+    assert_eq!(o.sample_ratio(), 1.0);
+    assert!(o.parent_from_request);
+    // LARK_BRIDGE__OTEL__* over the file.
+    let cfg = load_text(
+        &text,
+        &[
+            ("LARK_BRIDGE__OTEL__PROTOCOL", "grpc"),
+            ("LARK_BRIDGE__OTEL__SAMPLE_RATIO", "0.1"),
+        ],
+        SecretFiles::Skip,
+    )
+    .unwrap();
+    assert_eq!(cfg.otel.protocol(), lark_bridge::config::OtelProtocol::Grpc);
+    assert_eq!(
+        cfg.otel.export_url.as_ref().unwrap().as_str(),
+        "http://collector:4318/"
+    );
+    assert_eq!(cfg.otel.sample_ratio(), 0.1);
+    // The standard variables fill what is not set, and never override what is.
+    let otel_env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env-collector:4318"),
+        ("OTEL_SERVICE_NAME", "from-env"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
+        ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=staging"),
+    ];
+    let cfg = load_text(KEYS, &otel_env, SecretFiles::Skip).unwrap();
+    assert_eq!(
+        cfg.otel.export_url.as_ref().unwrap().as_str(),
+        "http://env-collector:4318/v1/traces"
+    );
+    assert_eq!(cfg.otel.service_name(), "from-env");
+    assert_eq!(cfg.otel.sample_ratio(), 0.5);
+    assert_eq!(
+        cfg.otel.resource_attributes,
+        vec![("deployment.environment".to_string(), "staging".to_string())]
+    );
+    let cfg = load_text(&text, &otel_env, SecretFiles::Skip).unwrap();
+    assert_eq!(
+        cfg.otel.export_url.as_ref().unwrap().as_str(),
+        "http://collector:4318/v1/traces",
+        "otel.endpoint wins over OTEL_EXPORTER_OTLP_ENDPOINT"
+    );
+    assert_eq!(cfg.otel.service_name(), "helpdesk-bridge");
+    assert_eq!(cfg.otel.sample_ratio(), 1.0);
+    // OTEL_SDK_DISABLED wins over everything.
+    let cfg = load_text(&text, &[("OTEL_SDK_DISABLED", "true")], SecretFiles::Skip).unwrap();
+    assert!(!cfg.otel.enabled());
+}
+
+#[test]
+fn bad_otel_values_name_their_key() {
+    assert_fails_naming("[otel]\nendpoint = \"collector:4318\"\n", "otel.endpoint");
+    assert_fails_naming("[otel]\nendpoint = \"http://\"\n", "otel.endpoint");
+    assert_fails_naming("[otel]\nprotocol = \"udp\"\n", "protocol");
+    assert_fails_naming("[otel]\nsample_ratio = 2\n", "otel.sample_ratio");
+    assert_fails_naming("[otel]\nsample_ratio = -0.5\n", "otel.sample_ratio");
+    assert_fails_naming("[otel]\nservice_name = \"\"\n", "otel.service_name");
+    assert_fails_naming("[otel]\nendpont = \"http://c:4318\"\n", "endpont");
+    let e = load_text(
+        KEYS,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "not a url")],
+        SecretFiles::Skip,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{e}");
+}
+
+#[test]
+fn check_config_prints_the_resolved_otel_endpoint_without_its_credentials() {
+    let out = bridge_bin()
+        .arg("check-config")
+        .arg("--config")
+        .arg(root().join("examples/minimal.toml"))
+        .arg("--skip-secret-files")
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https://tenant:s3cr3t-otlp@collector.example:4318",
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("[otel]"), "{stdout}");
+    assert!(stdout.contains("collector.example:4318"), "{stdout}");
+    // The values in use, defaults included.
+    for line in [
+        "protocol = \"http\"",
+        "service_name = \"lark-bridge\"",
+        "sample_ratio = 1.0",
+    ] {
+        assert!(stdout.contains(line), "{line} missing from\n{stdout}");
+    }
+    assert!(!stdout.contains("s3cr3t-otlp") && !stderr.contains("s3cr3t-otlp"));
+    // And a start with a bad endpoint stops naming the key.
+    let out = bridge_bin()
+        .arg("check-config")
+        .arg("--config")
+        .arg(root().join("examples/minimal.toml"))
+        .arg("--skip-secret-files")
+        .env("LARK_BRIDGE__OTEL__ENDPOINT", "collector:4318")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("otel.endpoint"), "{stderr}");
 }

@@ -694,3 +694,77 @@ fn readme_lists_exactly_the_exported_metrics() {
         "README metrics list: missing {missing:?}, not exported {stale:?}"
     );
 }
+
+/// With traces on, the trace context (CloudEvents distributed-tracing extension) travels as
+/// declared: `ce_traceparent` / `ce-traceparent` (and tracestate) headers in binary mode, JSON
+/// attributes that every envelope schema accepts in structured mode — and never as a header
+/// there (a `ce_` header would make the SDKs read the message as binary).
+#[test]
+fn the_trace_context_travels_as_declared_in_both_modes() {
+    use lark_protocol::event::TraceContext;
+    let doc = asyncapi();
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let trace = Some(TraceContext {
+        traceparent: tp.into(),
+        tracestate: Some("congo=t61rcWkgMzE".into()),
+    });
+    for (mut ev, channel, envelope, data) in [
+        (
+            seed_event(),
+            "ticketCreated",
+            "cloudevent.helpdesk.ticket.created.v1.json",
+            "helpdesk.ticket.created.v1.json",
+        ),
+        (
+            deadletter_event(),
+            "deadLetter",
+            "cloudevent.deadletter.v1.json",
+            "raw.v1.json",
+        ),
+    ] {
+        ev.trace = trace.clone();
+        for (mode, name) in [
+            (ContentMode::Structured, "structured"),
+            (ContentMode::Binary, "binary"),
+        ] {
+            let nats = nats_sent(&ev, mode);
+            let kafka = kafka_sent(&ev, mode);
+            assert_headers_declared(
+                &format!("{channel}Nats {name}"),
+                &nats,
+                &declared_headers(&doc, &format!("{channel}Nats"), name),
+            );
+            assert_headers_declared(
+                &format!("{channel}Kafka {name}"),
+                &kafka,
+                &declared_headers(&doc, &format!("{channel}Kafka"), name),
+            );
+            match mode {
+                ContentMode::Structured => {
+                    assert!(
+                        !nats.keys().chain(kafka.keys()).any(|k| k.contains("trace")),
+                        "structured mode: no trace header"
+                    );
+                }
+                ContentMode::Binary => {
+                    assert_eq!(nats["ce-traceparent"], tp);
+                    assert_eq!(kafka["ce_traceparent"], tp);
+                    assert_eq!(nats["ce-tracestate"], "congo=t61rcWkgMzE");
+                    assert_eq!(kafka["ce_tracestate"], "congo=t61rcWkgMzE");
+                }
+            }
+        }
+        let body: serde_json::Value = serde_json::from_slice(&ev.structured_body()).unwrap();
+        assert_eq!(body["traceparent"], tp);
+        let v = fake_lark::kit::schema_validator(envelope, data);
+        let errors: Vec<String> = v.iter_errors(&body).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{envelope}: {errors:?}");
+        // The pattern is not vacuous.
+        let mut bad = body.clone();
+        bad["traceparent"] = "00-xyz".into();
+        assert!(
+            !v.is_valid(&bad),
+            "{envelope} accepts a malformed traceparent"
+        );
+    }
+}

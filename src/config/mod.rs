@@ -5,7 +5,7 @@
 //! offending key.
 //!
 //! One file per section: [`server`] (and `[admin]`), [`lark`], [`source`], [`sink`] (and
-//! `[routing]`), [`dedup`], [`deadletter`], [`enrich`], [`log`]; [`secret`] for secret values, [`template`] for topic and
+//! `[routing]`), [`dedup`], [`deadletter`], [`enrich`], [`log`], [`otel`]; [`secret`] for secret values, [`template`] for topic and
 //! subject templates, `units` for the serde helpers.
 
 pub mod deadletter;
@@ -13,6 +13,7 @@ pub mod dedup;
 pub mod enrich;
 pub mod lark;
 pub mod log;
+pub mod otel;
 pub mod secret;
 pub mod server;
 pub mod sink;
@@ -32,6 +33,7 @@ pub use dedup::{
 pub use enrich::EnrichConfig;
 pub use lark::LarkConfig;
 pub use log::{LogConfig, LogFormat};
+pub use otel::{OtelConfig, OtelProtocol};
 pub use secret::{is_secret_property, redact_url, split_secret_list, KafkaProperties, Secret, Url};
 pub use server::{AdminConfig, Limits, ServerConfig, WorstCase, ADMIN_HEADER_BYTES};
 pub use sink::{
@@ -135,6 +137,8 @@ pub struct Config {
     pub enrich: EnrichConfig,
     /// `[log]`: logs.
     pub log: LogConfig,
+    /// `[otel]`: OpenTelemetry traces (off by default).
+    pub otel: OtelConfig,
 }
 
 /// How to treat `_file` secrets while loading.
@@ -198,6 +202,8 @@ impl Config {
         };
         let mut cfg: Config = raw.clone().try_deserialize().map_err(load_error)?;
         cfg.resolve_secret_files(secret_files)?;
+        // The standard `OTEL_*` variables, from the same environment as ours.
+        cfg.otel.resolve(env)?;
         crate::secrets::register(cfg.secret_values());
         cfg.validate(secret_files)?;
         Ok(cfg)
@@ -329,6 +335,7 @@ impl Config {
             self.sink.nats.url.expose(),
             self.dedup.nats.url.expose(),
             self.sink.kafka.brokers.as_str(),
+            self.otel.endpoint.as_ref().map_or("", |u| u.expose()),
         ] {
             out.extend(secret::url_secrets(u));
         }
@@ -340,6 +347,7 @@ impl Config {
                 out.extend(secret::embedded_values(v));
             }
         }
+        out.extend(self.otel.header_values.iter().cloned());
         out.retain(|v| !v.is_empty());
         out
     }

@@ -210,6 +210,9 @@ pub fn finish(
     let outcome = ending.outcome();
     let elapsed = started.elapsed();
     metrics.request(source, outcome, elapsed);
+    if crate::telemetry::enabled() {
+        crate::telemetry::record_outcome(span, outcome, status);
+    }
     let _e = span.enter();
     let latency_ms = elapsed.as_secs_f64() * 1000.0;
     let outcome = outcome.as_str();

@@ -35,6 +35,8 @@ pub struct IngressState {
     pub max_header_bytes: usize,
     /// The global bound on buffered body bytes (`server.max_buffered_body_bytes`).
     pub body_budget: BodyBudget,
+    /// Continue the trace of a request's W3C `traceparent` (`otel.parent_from_request`).
+    pub parent_from_request: bool,
 }
 
 /// The global bound on request-body bytes held in memory at once, across every connection
@@ -211,18 +213,56 @@ async fn handle(
         signature: h("x-lark-signature"),
     };
     let now = chrono::Utc::now().timestamp();
-    let ev = match s.verifier.verify(sig, &bytes, now) {
+    // With traces on, the request span exists before verification (verify is its first child)
+    // and takes the event's id and type once known; off, it is made after, with them.
+    let traced = crate::telemetry::enabled().then(|| {
+        let request = request_span();
+        if s.parent_from_request {
+            crate::telemetry::set_parent_from(&request, &headers);
+        }
+        *span = Some(request.clone());
+        request
+    });
+    let verified = match &traced {
+        Some(request) => {
+            let v = tracing::info_span!(
+                target: "lark_bridge::otel",
+                parent: request,
+                "verify",
+                outcome = tracing::field::Empty
+            );
+            let r = v.in_scope(|| s.verifier.verify(sig, &bytes, now));
+            let outcome = match &r {
+                Ok(_) => "ok",
+                Err(rej) => rej.reason().as_str(),
+            };
+            crate::telemetry::step_outcome(&v, outcome, false);
+            r
+        }
+        None => s.verifier.verify(sig, &bytes, now),
+    };
+    let ev = match verified {
         Ok(Inbound::Event(ev)) => ev,
         Ok(Inbound::Challenge(c)) => return Ending::Challenge(c),
         Err(rej) => return rejected(&s.metrics, rej).into(),
     };
-    let request = tracing::info_span!(
-        "request",
-        source = "webhook",
-        event_id = ev.event_id(),
-        event_type = ev.event_type(),
-    );
-    *span = Some(request.clone());
+    let request = match traced {
+        Some(request) => {
+            request.record("event_id", ev.event_id());
+            request.record("event_type", ev.event_type());
+            request
+        }
+        None => {
+            let request = tracing::info_span!(
+                "request",
+                source = "webhook",
+                event_id = ev.event_id(),
+                event_type = ev.event_type(),
+            );
+            *span = Some(request.clone());
+            request
+        }
+    };
     walk(&s.pipeline, &s.metrics, ev, started + s.budget, request).await
 }
 

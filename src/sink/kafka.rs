@@ -59,7 +59,7 @@ pub fn headers(ev: &Outgoing, mode: ContentMode) -> OwnedHeaders {
                 key: "content-type",
                 value: Some(DATA_CONTENT_TYPE),
             });
-            for (name, value) in ev.attrs.binary_pairs() {
+            for (name, value) in ev.binary_pairs() {
                 let key = format!("ce_{name}");
                 h = h.insert(Header {
                     key: &key,
@@ -225,8 +225,8 @@ impl Sink for KafkaSink {
     async fn publish(&self, ev: &Outgoing) -> Result<Ack, PublishError> {
         let topic = self.topic(ev);
         let payload = match self.mode {
-            ContentMode::Structured => &ev.structured,
-            ContentMode::Binary => &ev.data,
+            ContentMode::Structured => ev.structured_body(),
+            ContentMode::Binary => ev.data.clone(),
         };
         let record = FutureRecord::to(&topic)
             .key(ev.key())

@@ -55,7 +55,7 @@ pub fn headers(ev: &Outgoing, mode: ContentMode) -> HeaderMap {
         ContentMode::Binary => {
             h.insert("Content-Type", DATA_CONTENT_TYPE);
             h.insert("ce-datacontenttype", DATA_CONTENT_TYPE);
-            for (name, value) in ev.attrs.binary_pairs() {
+            for (name, value) in ev.binary_pairs() {
                 h.insert(
                     format!("ce-{name}").as_str(),
                     percent_encode(value).as_str(),
@@ -156,7 +156,7 @@ impl Sink for NatsSink {
         let subject = self.subject(ev);
         let headers = headers(ev, self.mode);
         let payload = match self.mode {
-            ContentMode::Structured => ev.structured.clone(),
+            ContentMode::Structured => ev.structured_body(),
             ContentMode::Binary => ev.data.clone(),
         };
         match &self.js {

@@ -29,8 +29,9 @@ impl Sink for StdoutSink {
     async fn publish(&self, ev: &Outgoing) -> Result<Ack, PublishError> {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = std::io::stdout().lock();
-        let mut line = Vec::with_capacity(ev.structured.len() + 1);
-        line.extend_from_slice(&ev.structured);
+        let body = ev.structured_body();
+        let mut line = Vec::with_capacity(body.len() + 1);
+        line.extend_from_slice(&body);
         line.push(b'\n');
         out.write_all(&line)
             .and_then(|_| out.flush())

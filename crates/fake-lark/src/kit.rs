@@ -333,7 +333,10 @@ pub struct Bridge {
 impl Bridge {
     /// Start `cfg`'s entrance over `components`.
     pub async fn start(cfg: Config, components: Components) -> Bridge {
-        if let Ok(level) = std::env::var("LARK_BRIDGE_TEST_LOG") {
+        let log = std::env::var("LARK_BRIDGE_TEST_LOG").ok();
+        if cfg.otel.enabled() {
+            install_telemetry(&cfg.otel, log);
+        } else if let Some(level) = log {
             lark_bridge::logging::init(&lark_bridge::config::LogConfig {
                 format: lark_bridge::config::LogFormat::Text,
                 level,
@@ -469,6 +472,25 @@ impl Bridge {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Install the bridge's trace export, once per process (the subscriber and the provider are
+/// process-global, as in the product). A second bridge with another endpoint in the same
+/// process cannot get its own: nextest runs each test in a process of its own.
+fn install_telemetry(otel: &lark_bridge::config::OtelConfig, log: Option<String>) {
+    static INSTALLED: std::sync::OnceLock<Option<url::Url>> = std::sync::OnceLock::new();
+    let installed = INSTALLED.get_or_init(|| {
+        let log = lark_bridge::config::LogConfig {
+            format: lark_bridge::config::LogFormat::Text,
+            level: log.unwrap_or_else(|| "off".into()),
+        };
+        lark_bridge::telemetry::init(&log, otel).expect("traces set up");
+        otel.export_url.clone()
+    });
+    assert_eq!(
+        installed, &otel.export_url,
+        "one OTLP endpoint per test process: run the OTel tests with cargo nextest"
+    );
 }
 
 impl Drop for Bridge {

@@ -69,7 +69,8 @@ pub type NotificationApprove = CloudEvent<NotificationApproveData>;
 ///
 /// Deserializes from a structured-mode body; [`CloudEvent::from_binary`] builds it from a
 /// binary-mode message. Serializing it gives the structured JSON back, attributes in the order
-/// the bridge writes them. Unknown attributes are ignored (v1 grows additively).
+/// the bridge writes them (but for `traceparent` / `tracestate`, which the bridge writes first).
+/// Unknown attributes are ignored (v1 grows additively).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CloudEvent<D> {
     /// CloudEvents spec version: `"1.0"`.
@@ -103,6 +104,13 @@ pub struct CloudEvent<D> {
     /// Extension of dead letters: why the normalizer refused the event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadletterreason: Option<String>,
+    /// Distributed-tracing extension: the W3C `traceparent` of the bridge's publish span, when
+    /// the bridge exports traces. Start the consumer's span as its child.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// Distributed-tracing extension: the W3C `tracestate` that goes with `traceparent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
     /// The event's data, e.g. [`TicketData`].
     pub data: D,
 }
@@ -214,6 +222,8 @@ impl<D: DeserializeOwned> CloudEvent<D> {
             larkeventtype: attribute("larkeventtype")
                 .ok_or(ConsumeError::MissingAttribute("larkeventtype"))?,
             deadletterreason: attribute("deadletterreason"),
+            traceparent: attribute("traceparent"),
+            tracestate: attribute("tracestate"),
             data: serde_json::from_slice(data)?,
         })
     }

@@ -180,6 +180,17 @@ pub struct RouteVars {
     pub app_id: Option<String>,
 }
 
+/// The W3C trace context of the publish that carries an event: the CloudEvents
+/// distributed-tracing extension (`traceparent`, `tracestate`). Set by the bridge only when it
+/// exports traces; a consumer's span joins the trace as a child of the publish span.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    /// `00-{trace id}-{span id of the publish}-{flags}`.
+    pub traceparent: String,
+    /// The vendor entries of the trace, when there are any.
+    pub tracestate: Option<String>,
+}
+
 /// One event ready to publish.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
@@ -197,6 +208,12 @@ pub struct Outgoing {
     /// `redrive` sets it when it re-files a letter that still fails, so that JetStream does
     /// not drop the new letter as a copy of the old.
     pub msg_id_override: Option<String>,
+    /// The trace context of the publish (distributed-tracing extension), added by the bridge
+    /// just before it publishes; `None` when traces are off. Not part of [`Outgoing::structured`]
+    /// (serialized before the publish span exists): read the body through
+    /// [`Outgoing::structured_body`] and the binary attributes through
+    /// [`Outgoing::binary_pairs`], which add it.
+    pub trace: Option<TraceContext>,
 }
 
 #[derive(Serialize)]
@@ -227,7 +244,46 @@ impl Outgoing {
             structured: Bytes::from(structured),
             data,
             msg_id_override: None,
+            trace: None,
         })
+    }
+
+    /// The structured-mode body: [`Outgoing::structured`], with `traceparent` (and
+    /// `tracestate`) as the first attributes when a trace context is set.
+    pub fn structured_body(&self) -> Bytes {
+        let Some(t) = &self.trace else {
+            return self.structured.clone();
+        };
+        // The envelope is a non-empty JSON object: splice the attributes in after its `{`
+        // rather than serialize the whole event again.
+        let mut out = Vec::with_capacity(self.structured.len() + 128);
+        out.push(b'{');
+        for (name, value) in [
+            ("traceparent", Some(&t.traceparent)),
+            ("tracestate", t.tracestate.as_ref()),
+        ] {
+            if let Some(v) = value {
+                out.extend_from_slice(format!("\"{name}\":").as_bytes());
+                // A string always serializes.
+                out.extend_from_slice(&serde_json::to_vec(v).unwrap_or_default());
+                out.push(b',');
+            }
+        }
+        out.extend_from_slice(self.structured.get(1..).unwrap_or_default());
+        Bytes::from(out)
+    }
+
+    /// Attribute name/value pairs for binary-mode headers: [`Attributes::binary_pairs`] plus
+    /// `traceparent` and `tracestate` when a trace context is set.
+    pub fn binary_pairs(&self) -> Vec<(&'static str, &str)> {
+        let mut v = self.attrs.binary_pairs();
+        if let Some(t) = &self.trace {
+            v.push(("traceparent", t.traceparent.as_str()));
+            if let Some(s) = &t.tracestate {
+                v.push(("tracestate", s.as_str()));
+            }
+        }
+        v
     }
 
     /// The message key: the CloudEvents partition key (helpdesk_id for tickets).
@@ -246,5 +302,71 @@ impl Outgoing {
             EventClass::DeadLetter => format!("{DEADLETTER_ID_PREFIX}{}", self.attrs.id).into(),
             _ => self.attrs.id.as_str().into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> Outgoing {
+        let attrs = Attributes {
+            specversion: "1.0",
+            id: "ev_1".into(),
+            source: "urn:lark:app:cli_1".into(),
+            ty: TICKET_CREATED_TYPE,
+            subject: "t1".into(),
+            time: "2020-12-23T12:19:49.000Z".into(),
+            datacontenttype: DATA_CONTENT_TYPE,
+            dataschema: TICKET_CREATED_SCHEMA,
+            partitionkey: "h1".into(),
+            larktenantkey: None,
+            larkappid: None,
+            larkeventtype: "helpdesk.ticket.created_v1".into(),
+            deadletterreason: None,
+        };
+        Outgoing::new(
+            EventClass::TicketCreated,
+            attrs,
+            RouteVars::default(),
+            &serde_json::json!({"ticket_id": "t1"}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn without_a_trace_the_bodies_and_pairs_are_unchanged() {
+        let ev = event();
+        assert_eq!(ev.structured_body(), ev.structured);
+        assert_eq!(ev.binary_pairs(), ev.attrs.binary_pairs());
+    }
+
+    #[test]
+    fn a_trace_context_becomes_attributes_in_both_modes() {
+        let mut ev = event();
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        ev.trace = Some(TraceContext {
+            traceparent: tp.into(),
+            tracestate: Some("congo=t61rcWkgMzE,q=\"x\"".into()),
+        });
+        let body: serde_json::Value = serde_json::from_slice(&ev.structured_body()).unwrap();
+        let plain: serde_json::Value = serde_json::from_slice(&ev.structured).unwrap();
+        assert_eq!(body["traceparent"], tp);
+        assert_eq!(body["tracestate"], "congo=t61rcWkgMzE,q=\"x\"");
+        let mut rest = body.as_object().unwrap().clone();
+        rest.remove("traceparent");
+        rest.remove("tracestate");
+        assert_eq!(
+            serde_json::Value::Object(rest),
+            plain,
+            "nothing else changed"
+        );
+        let pairs = ev.binary_pairs();
+        assert!(pairs.contains(&("traceparent", tp)));
+        assert!(pairs.iter().any(|(k, _)| *k == "tracestate"));
+        ev.trace.as_mut().unwrap().tracestate = None;
+        let body: serde_json::Value = serde_json::from_slice(&ev.structured_body()).unwrap();
+        assert!(body.get("tracestate").is_none());
+        assert!(!ev.binary_pairs().iter().any(|(k, _)| *k == "tracestate"));
     }
 }

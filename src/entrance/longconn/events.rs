@@ -114,7 +114,26 @@ impl Conn<'_> {
             return;
         }
         m.body_bytes.observe(payload.len() as f64);
-        let ev = match VerifiedEvent::from_long_connection(&payload) {
+        let read = |p: &[u8]| VerifiedEvent::from_long_connection(p);
+        let ev = if crate::telemetry::enabled() {
+            // Traces only: the connection authenticated the frame, reading it is the check.
+            let v = tracing::info_span!(
+                target: "lark_bridge::otel",
+                parent: &span,
+                "verify",
+                outcome = tracing::field::Empty
+            );
+            let r = v.in_scope(|| read(&payload));
+            let outcome = match &r {
+                Ok(_) => "ok",
+                Err(rej) => rej.reason().as_str(),
+            };
+            crate::telemetry::step_outcome(&v, outcome, false);
+            r
+        } else {
+            read(&payload)
+        };
+        let ev = match ev {
             Ok(ev) => ev,
             Err(rej) => {
                 span.in_scope(|| warn_limited!(error = %rej, "event refused"));

@@ -69,6 +69,7 @@ fn rebuild<D: serde::Serialize>(out: &Outgoing, data: &D) -> Result<Outgoing, No
     let mut new = Outgoing::new(out.class, out.attrs.clone(), out.route.clone(), data)
         .map_err(|_| NormalizeError::Serialize)?;
     new.msg_id_override.clone_from(&out.msg_id_override);
+    new.trace.clone_from(&out.trace);
     Ok(new)
 }
 
