@@ -20,6 +20,8 @@
 #                 slow numbers never fail it. For scripts/test.sh.
 #   --wait-quiet  first wait up to S seconds for a moment with no rustc running (shared machine).
 #   --out DIR     also write results.json and results.md there.
+#   BENCH_BRIDGE=PATH  measure that lark-bridge binary instead of this tree's (an A/B against
+#                 another commit's release build, in the same quiet minutes).
 # Needs: cargo, python3, curl; nats-server/tansu from scripts/ensure-tools.sh; redis-server.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -89,7 +91,8 @@ else
     DIR=debug
 fi
 TARGET="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
-BRIDGE="$TARGET/$DIR/lark-bridge"
+# BENCH_BRIDGE: another build of the bridge (A/B against an older commit, same run).
+BRIDGE="${BENCH_BRIDGE:-$TARGET/$DIR/lark-bridge}"
 LOAD="$TARGET/$DIR/lark-load"
 BASELINE="$TARGET/$DIR/examples/baseline"
 
