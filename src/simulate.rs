@@ -41,7 +41,8 @@ pub struct SimulateArgs {
     #[arg(long, default_value = "helpdesk.ticket.created_v1", value_parser = clap::builder::PossibleValuesParser::new(lark_protocol::normalize::HELPDESK_EVENTS))]
     pub event_type: String,
     /// Send a whole ticket's story instead (`--count` stories): created (bot) → updated (bot →
-    /// human) → a guest's message → an agent's message → updated (closed, rated).
+    /// human) → a guest's message → an agent's message → updated (closed, rated) → a
+    /// notification approved.
     #[arg(long, conflicts_with_all = ["challenge", "legacy"])]
     pub story: bool,
 }
@@ -265,8 +266,9 @@ fn message_event(
     })
 }
 
-/// A whole ticket's story, in the order Lark sends it: created (bot) → updated (bot → human)
-/// → a guest's message → an agent's message → updated (closed by the agent, rated satisfied).
+/// A whole ticket's story, in the order Lark sends it, with all four helpdesk event types:
+/// created (bot) → updated (bot → human) → a guest's message → an agent's message → updated
+/// (closed by the agent, rated satisfied) → the helpdesk's push notification about it approved.
 /// Each item is (event id, Lark event type, plaintext).
 pub fn ticket_story(
     helpdesk_id: &str,
@@ -325,6 +327,15 @@ pub fn ticket_story(
             json!({
                 "object": lark_ticket(&ticket, helpdesk_id, 2, 51, created, now - 1_000),
                 "old_object": {"status": 2, "updated_at": now - 2_000}
+            }),
+        ),
+        step(
+            n::NOTIFICATION_APPROVE,
+            now - 500,
+            json!({
+                "notification_id": format!("69{:017}", rand::random::<u64>() % 100_000_000_000_000_000),
+                "helpdesk_id": helpdesk_id,
+                "approve_status": "APPROVED"
             }),
         ),
     ]

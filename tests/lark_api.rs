@@ -596,7 +596,8 @@ async fn a_ticket_story_from_fake_lark_arrives_enriched_and_in_order_on_nats() {
     let n = &mut cfg.sink.nats;
     n.subject = one.clone();
     n.subjects.ticket_updated = one.clone();
-    n.subjects.ticket_message_created = one;
+    n.subjects.ticket_message_created = one.clone();
+    n.subjects.notification_approve = one;
     let bridge = Bridge::from_config(cfg).await;
     bridge.wait_ready(200).await;
     let story = lark_bridge::simulate::ticket_story(HELPDESK_ID, Some(""));
@@ -623,6 +624,7 @@ async fn a_ticket_story_from_fake_lark_arrives_enriched_and_in_order_on_nats() {
             "com.larksuite.helpdesk.ticket_message.created.v1",
             "com.larksuite.helpdesk.ticket_message.created.v1",
             "com.larksuite.helpdesk.ticket.updated.v1",
+            "com.larksuite.helpdesk.notification.approve.v1",
         ])
         .collect();
     assert_eq!(got, want, "the whole story, in order, once");
@@ -641,6 +643,19 @@ async fn a_ticket_story_from_fake_lark_arrives_enriched_and_in_order_on_nats() {
     assert_eq!(ces[3]["data"]["sender"]["type"], "agent");
     assert_eq!(ces[4]["data"]["ticket"]["status"], "closed_by_agent");
     assert_eq!(ces[4]["data"]["ticket"]["score"], "satisfied");
+    assert_eq!(ces[5]["data"]["approve_status"], "approved");
+    // Each type validates against its schema, the enriched fields included.
+    for ce in &ces {
+        let name = ce["dataschema"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("urn:lark-bridge:schema:")
+            .unwrap()
+            .replace(":v1", ".v1.json");
+        let v = schema_validator(&format!("cloudevent.{name}"), &name);
+        let errors: Vec<String> = v.iter_errors(ce).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{errors:?}\n{ce:#}");
+    }
     assert_eq!(fake.api().subscribed(), four());
     bridge.stop().await.unwrap();
 }

@@ -888,10 +888,14 @@ pub struct FakeLarkArgs {
     #[arg(long, default_value_t = -1)]
     pub reconnect_count: i64,
     /// Deliver `--count` ticket stories instead of single events: created (bot) → updated (bot →
-    /// human) → a guest's message → an agent's message → updated (closed, rated), each sent
-    /// once the one before is acknowledged, so they reach the broker in order.
+    /// human) → a guest's message → an agent's message → updated (closed, rated) → a
+    /// notification approved; each sent once the one before is acknowledged, so they reach the
+    /// broker in order.
     #[arg(long)]
     pub story: bool,
+    /// Lark event type of the `--count` events: any of the four helpdesk events.
+    #[arg(long, default_value = "helpdesk.ticket.created_v1", value_parser = clap::builder::PossibleValuesParser::new(lark_protocol::normalize::HELPDESK_EVENTS))]
+    pub event_type: String,
     /// Answer open-API calls (token, subscription, ticket detail) this much later, in ms.
     #[arg(long, default_value_t = 0)]
     pub api_delay_ms: u64,
@@ -1007,8 +1011,15 @@ pub async fn run_cli(
         }
         for _ in 0..if args.story { 0 } else { args.count } {
             let event_id = format!("ev_fake_{:016x}", rand::random::<u64>());
+            let plain = lark_bridge::simulate::helpdesk_event(
+                &args.event_type,
+                &event_id,
+                &args.helpdesk_id,
+                &lark_bridge::simulate::ticket_id(),
+                Some(""),
+            );
             let msg = fake.deliver(
-                ticket_payload(&event_id, &args.helpdesk_id),
+                serde_json::to_vec(&plain).unwrap_or_default(),
                 args.fragment_size,
             );
             ids.push((msg, event_id));
