@@ -28,7 +28,8 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
 use lark_bridge::simulate::{
-    challenge_request, lark_request, random_hex, ticket_event, LarkRequest, SimulateArgs,
+    challenge_request, helpdesk_event, lark_request, random_hex, ticket_event, ticket_id,
+    LarkRequest, SimulateArgs,
 };
 use lark_protocol::crypto::EncryptKey;
 
@@ -83,18 +84,40 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// A new ticket event request with a fresh id.
+/// A new event request with a fresh id, of `--event-type` (ticket.created unless told).
 pub fn new_ticket_request(args: &LoadArgs, key: Option<&EncryptKey>) -> LarkRequest {
+    use lark_protocol::normalize as n;
     let id = random_hex::<16>();
-    let mut plain = ticket_event(
-        &id,
-        &args.send.helpdesk_id,
-        args.send.token.as_deref(),
-        args.send.legacy,
-    );
+    let mut plain = if args.send.legacy {
+        ticket_event(
+            &id,
+            &args.send.helpdesk_id,
+            args.send.token.as_deref(),
+            true,
+        )
+    } else {
+        helpdesk_event(
+            &args.send.event_type,
+            &id,
+            &args.send.helpdesk_id,
+            &ticket_id(),
+            args.send.token.as_deref(),
+        )
+    };
     if args.unnormalizable_share > 0.0 && rand::random::<f64>() < args.unnormalizable_share {
-        if let Some(event) = plain["event"].as_object_mut() {
-            event.remove("helpdesk_id");
+        // Drop a field the type's normalizer requires.
+        let (at, field): (&[&str], &str) = match args.send.event_type.as_str() {
+            n::TICKET_UPDATED => (&["event", "object"], "helpdesk_id"),
+            n::TICKET_MESSAGE_CREATED => (&["event"], "ticket_message_id"),
+            n::NOTIFICATION_APPROVE => (&["event"], "notification_id"),
+            _ => (&["event"], "helpdesk_id"),
+        };
+        let mut v = &mut plain;
+        for k in at {
+            v = &mut v[*k];
+        }
+        if let Some(o) = v.as_object_mut() {
+            o.remove(field);
         }
     }
     lark_request(&id, &serde_json::to_vec(&plain).unwrap_or_default(), key)
@@ -502,6 +525,12 @@ async fn worker(plan: Arc<Plan>, mut transport: Transport) -> Tally {
 
 /// Run `simulate`. Returns the report (and prints it, or each answer in one-at-a-time mode).
 pub async fn run(args: LoadArgs) -> Result<Report, String> {
+    if args.send.story {
+        return Err(
+            "--story is simulate's (a story is sent in order, one event at a time); lark-load sends independent events of --event-type"
+                .into(),
+        );
+    }
     let key = args.send.encrypt_key.as_deref().map(EncryptKey::new);
     let concurrency = args.concurrency.max(1);
     let timeout = Duration::from_millis(args.send.timeout_ms);
