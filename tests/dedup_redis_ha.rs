@@ -5,107 +5,18 @@
 //! one publish; store gone → 503 and nothing published; store back → the redelivery is
 //! published once, without restarting the bridge.
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fake_lark::kit::*;
-use fake_lark::sink::ChannelSink;
 use lark_bridge::config::Config;
 use lark_bridge::metrics::{Metrics, Source};
 use lark_bridge::simulate::LarkRequest;
-use lark_bridge::Components;
-use lark_protocol::event::Outgoing;
-use tokio::sync::mpsc::UnboundedReceiver;
 
-/// A bridge over the configured Redis store with its own channel sink.
-struct Replica {
-    bridge: Bridge,
-    sink: Arc<ChannelSink>,
-    rx: UnboundedReceiver<Outgoing>,
-}
-
-impl Replica {
-    async fn start(cfg: Config) -> Replica {
-        let metrics = Arc::new(Metrics::with_dedup_mode(
-            Source::Webhook,
-            "channel",
-            cfg.dedup.backend.as_str(),
-            cfg.dedup.mode_label(),
-        ));
-        let dedup = lark_bridge::build_dedup(&cfg, &metrics)
-            .await
-            .expect("the store connects");
-        let (sink, rx) = ChannelSink::new();
-        let components = Components {
-            sink: sink.clone(),
-            dedup,
-            metrics,
-        };
-        let bridge = Bridge::start(cfg, components).await;
-        bridge.wait_ready(200).await;
-        Replica { bridge, sink, rx }
-    }
-
-    /// Ids published so far (the bridge answers only after the sink returned).
-    fn published(&mut self) -> Vec<String> {
-        let mut ids = Vec::new();
-        while let Ok(ev) = self.rx.try_recv() {
-            ids.push(ev.attrs.id);
-        }
-        ids
-    }
-}
-
-/// How often each id was published across `replicas`.
-fn count_published(replicas: &mut [&mut Replica]) -> HashMap<String, u32> {
-    let mut count = HashMap::new();
-    for r in replicas.iter_mut() {
-        for id in r.published() {
-            *count.entry(id).or_default() += 1;
-        }
-    }
-    count
-}
-
-/// Two replicas get the same `n` events at the same moment: each id is published exactly once
-/// across both sinks, the losing copy gets 503 (or 200 as a duplicate), and a redelivery to
-/// either replica publishes nothing.
-async fn race(a: &mut Replica, b: &mut Replica, n: usize) {
-    a.sink.set_delay(Duration::from_millis(300));
-    b.sink.set_delay(Duration::from_millis(300));
-    let events: Vec<_> = (0..n).map(|i| ticket(&format!("hd_{i}"))).collect();
-    let answers = futures::future::join_all(events.iter().map(|ev| {
-        let (ua, ub) = (a.bridge.url.clone(), b.bridge.url.clone());
-        async move { tokio::join!(post(&ua, ev), post(&ub, ev)) }
-    }))
-    .await;
-    let mut unavailable = 0;
-    for (ev, ((sa, ba), (sb, bb))) in events.iter().zip(&answers) {
-        for (s, body) in [(sa, ba), (sb, bb)] {
-            assert!(*s == 200 || *s == 503, "{}: {s} {body}", ev.event_id);
-        }
-        assert!(
-            *sa == 200 || *sb == 200,
-            "{}: nobody published",
-            ev.event_id
-        );
-        unavailable += (*sa == 503) as u32 + (*sb == 503) as u32;
-    }
-    assert!(unavailable > 0, "the copies never overlapped");
-    let mut count = count_published(&mut [&mut *a, &mut *b]);
-    for ev in &events {
-        assert_eq!(count.remove(&ev.event_id), Some(1), "{}", ev.event_id);
-    }
-    assert!(count.is_empty(), "published unknown ids: {count:?}");
-
-    a.sink.set_delay(Duration::ZERO);
-    b.sink.set_delay(Duration::ZERO);
-    for ev in &events {
-        let (ra, rb) = tokio::join!(post(&a.bridge.url, ev), post(&b.bridge.url, ev));
-        assert_eq!((ra.0, rb.0), (200, 200), "{}: {ra:?} {rb:?}", ev.event_id);
-    }
-    assert!(count_published(&mut [&mut *a, &mut *b]).is_empty());
+/// The dedup guarantee across two replicas (the kit's [`race`]), then Lark's redelivery of
+/// every event to both: 200, nothing published.
+async fn race_and_redeliver(a: &mut Replica, b: &mut Replica, n: usize) {
+    let r = race(a, b, n).await;
+    redeliver_to_both(a, b, &r.events).await;
 }
 
 /// Lark redelivering `events` while the store is failing over: every answer is 200 or 503 (never
@@ -184,7 +95,7 @@ async fn tls_with_client_certificate_keeps_the_dedup_guarantees() {
     };
     let mut a = Replica::start(cfg()).await;
     let mut b = Replica::start(cfg()).await;
-    race(&mut a, &mut b, 10).await;
+    race_and_redeliver(&mut a, &mut b, 10).await;
 
     server.kill();
     let ev = ticket("hd_tls");
@@ -312,7 +223,7 @@ async fn cluster_race_and_master_failover() {
         ),
         1.0
     );
-    race(&mut a, &mut b, 12).await;
+    race_and_redeliver(&mut a, &mut b, 12).await;
 
     // Ids on one master, committed before it dies, and others that arrive after.
     let victim = cluster.master_of("lark-bridge:any");

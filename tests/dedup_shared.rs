@@ -3,18 +3,12 @@
 //! (`with_redis::…` and `with_nats::…`), each test with its own server. Run `scripts/ensure-tools.sh` once
 //! first.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fake_lark::kit::*;
-use fake_lark::sink::ChannelSink;
 use lark_bridge::config::Config;
 use lark_bridge::dedup::{DedupStore, Owner, Reservation, Settled};
-use lark_bridge::metrics::Metrics;
-use lark_bridge::Components;
-use lark_protocol::event::Outgoing;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
@@ -69,59 +63,22 @@ impl Server {
     }
 }
 
-/// A bridge over the shared store with its own channel sink.
-struct Replica {
-    bridge: Bridge,
-    sink: Arc<ChannelSink>,
-    rx: UnboundedReceiver<Outgoing>,
+/// `lark_bridge_dedup_total{backend,result}` of one replica, over HTTP.
+async fn dedup_metric(r: &Replica, backend: Backend, result: &str) -> f64 {
+    metric(
+        &r.bridge.metrics_text().await,
+        "lark_bridge_dedup_total",
+        &[("backend", backend.name()), ("result", result)],
+    )
 }
 
-impl Replica {
-    async fn start(cfg: Config) -> Replica {
-        let dedup = lark_bridge::build_dedup(&cfg, &scratch_metrics())
-            .await
-            .unwrap();
-        let (sink, rx) = ChannelSink::new();
-        let metrics = Arc::new(Metrics::new(
-            lark_bridge::metrics::Source::Webhook,
-            "channel",
-            dedup.backend(),
-        ));
-        let components = Components {
-            sink: sink.clone(),
-            dedup,
-            metrics,
-        };
-        let bridge = Bridge::start(cfg, components).await;
-        bridge.wait_ready(200).await;
-        Replica { bridge, sink, rx }
-    }
-
-    /// Ids published so far (everything published is already in the channel: the bridge
-    /// answers only after the sink returned).
-    fn published(&mut self) -> Vec<String> {
-        let mut ids = Vec::new();
-        while let Ok(ev) = self.rx.try_recv() {
-            ids.push(ev.attrs.id);
-        }
-        ids
-    }
-
-    async fn dedup_metric(&self, backend: Backend, result: &str) -> f64 {
-        metric(
-            &self.bridge.metrics_text().await,
-            "lark_bridge_dedup_total",
-            &[("backend", backend.name()), ("result", result)],
-        )
-    }
-
-    async fn store_errors(&self, backend: Backend) -> f64 {
-        metric(
-            &self.bridge.metrics_text().await,
-            "lark_bridge_dedup_store_errors_total",
-            &[("backend", backend.name())],
-        )
-    }
+/// `lark_bridge_dedup_store_errors_total{backend}` of one replica, over HTTP.
+async fn store_errors(r: &Replica, backend: Backend) -> f64 {
+    metric(
+        &r.bridge.metrics_text().await,
+        "lark_bridge_dedup_store_errors_total",
+        &[("backend", backend.name())],
+    )
 }
 
 const LEASE: Duration = Duration::from_secs(5);
@@ -248,41 +205,11 @@ async fn two_replicas_same_event(backend: Backend) {
     let server = Server::start(backend).await;
     let mut a = Replica::start(server.config(&[])).await;
     let mut b = Replica::start(server.config(&[])).await;
-    // Keep the winner in flight long enough for the other copy to meet its reservation.
-    a.sink.set_delay(Duration::from_millis(300));
-    b.sink.set_delay(Duration::from_millis(300));
-
-    let events: Vec<_> = (0..20).map(|i| ticket(&format!("hd_{i}"))).collect();
-    let answers = futures::future::join_all(events.iter().map(|ev| {
-        let (ua, ub) = (a.bridge.url.clone(), b.bridge.url.clone());
-        async move { tokio::join!(post(&ua, ev), post(&ub, ev)) }
-    }))
-    .await;
-
-    let mut unavailable = 0;
-    let mut ok = 0;
-    for (ev, ((sa, ba), (sb, bb))) in events.iter().zip(&answers) {
-        for (s, body) in [(sa, ba), (sb, bb)] {
-            assert!(*s == 200 || *s == 503, "{}: {s} {body}", ev.event_id);
-        }
-        assert!(
-            *sa == 200 || *sb == 200,
-            "{}: nobody published",
-            ev.event_id
-        );
-        unavailable += (*sa == 503) as u32 + (*sb == 503) as u32;
-        ok += (*sa == 200) as u32 + (*sb == 200) as u32;
-    }
-    assert!(unavailable > 0, "the copies never overlapped");
-
-    let mut count: HashMap<String, u32> = HashMap::new();
-    for id in a.published().into_iter().chain(b.published()) {
-        *count.entry(id).or_default() += 1;
-    }
-    for ev in &events {
-        assert_eq!(count.remove(&ev.event_id), Some(1), "{}", ev.event_id);
-    }
-    assert!(count.is_empty(), "published unknown ids: {count:?}");
+    let Race {
+        events,
+        unavailable,
+        ok,
+    } = race(&mut a, &mut b, 20).await;
 
     assert_eq!(sum(&a, &b, backend, "new").await, 20.0);
     assert_eq!(sum(&a, &b, backend, "in_flight").await, unavailable as f64);
@@ -290,11 +217,7 @@ async fn two_replicas_same_event(backend: Backend) {
     assert_eq!(sum(&a, &b, backend, "duplicate").await, (ok - 20) as f64);
 
     // Lark's redelivery, to either replica: 200, nothing published.
-    for ev in &events {
-        let (ra, rb) = tokio::join!(post(&a.bridge.url, ev), post(&b.bridge.url, ev));
-        assert_eq!((ra.0, rb.0), (200, 200), "{}: {ra:?} {rb:?}", ev.event_id);
-    }
-    assert!(a.published().is_empty() && b.published().is_empty());
+    redeliver_to_both(&mut a, &mut b, &events).await;
     assert_eq!(
         sum(&a, &b, backend, "duplicate").await,
         (ok - 20 + 40) as f64
@@ -305,7 +228,7 @@ async fn two_replicas_same_event(backend: Backend) {
 
 /// `lark_bridge_dedup_total{result}` summed over two replicas.
 async fn sum(a: &Replica, b: &Replica, backend: Backend, result: &str) -> f64 {
-    a.dedup_metric(backend, result).await + b.dedup_metric(backend, result).await
+    dedup_metric(a, backend, result).await + dedup_metric(b, backend, result).await
 }
 
 /// The store dies mid-run: 503 within the budget and nothing published, `/readyz` 503; it comes
@@ -314,8 +237,8 @@ async fn store_killed_and_restarted(backend: Backend) {
     let mut server = Server::start(backend).await;
     let mut r = Replica::start(server.config(&[])).await;
     // Every series exists before its first event.
-    assert_eq!(r.dedup_metric(backend, "error").await, 0.0);
-    assert_eq!(r.store_errors(backend).await, 0.0);
+    assert_eq!(dedup_metric(&r, backend, "error").await, 0.0);
+    assert_eq!(store_errors(&r, backend).await, 0.0);
 
     let warm = ticket("hd_1");
     assert_eq!(post(&r.bridge.url, &warm).await.0, 200);
@@ -334,8 +257,8 @@ async fn store_killed_and_restarted(backend: Backend) {
     assert!(r.published().is_empty(), "published without the store");
     let ready = r.bridge.wait_ready(503).await;
     assert!(ready["failed"]["dedup"].is_string(), "{ready}");
-    assert!(r.dedup_metric(backend, "error").await >= 1.0);
-    assert!(r.store_errors(backend).await >= 1.0);
+    assert!(dedup_metric(&r, backend, "error").await >= 1.0);
+    assert!(store_errors(&r, backend).await >= 1.0);
     let text = r.bridge.metrics_text().await;
     assert_eq!(
         metric(
@@ -361,8 +284,8 @@ async fn store_killed_and_restarted(backend: Backend) {
     // And it is remembered again.
     assert_eq!(post(&r.bridge.url, &ev).await.0, 200);
     assert!(r.published().is_empty());
-    assert_eq!(r.dedup_metric(backend, "duplicate").await, 1.0);
-    assert_eq!(r.dedup_metric(backend, "new").await, 2.0);
+    assert_eq!(dedup_metric(&r, backend, "duplicate").await, 1.0);
+    assert_eq!(dedup_metric(&r, backend, "new").await, 2.0);
 }
 
 /// `dedup.on_store_error = "publish"`: with the store down the event is still published and
@@ -381,9 +304,9 @@ async fn on_store_error_publish(backend: Backend) {
     // The redelivery is published again: the documented price of this setting.
     assert_eq!(post(&r.bridge.url, &ev).await.0, 200);
     assert_eq!(r.published(), vec![ev.event_id.clone()]);
-    assert_eq!(r.dedup_metric(backend, "error").await, 2.0);
-    assert!(r.store_errors(backend).await >= 2.0);
-    assert_eq!(r.dedup_metric(backend, "new").await, 0.0);
+    assert_eq!(dedup_metric(&r, backend, "error").await, 2.0);
+    assert!(store_errors(&r, backend).await >= 2.0);
+    assert_eq!(dedup_metric(&r, backend, "new").await, 0.0);
 }
 
 macro_rules! for_both_backends {

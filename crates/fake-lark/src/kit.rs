@@ -1037,3 +1037,133 @@ impl RedisSentinel {
             .unwrap_or(0)
     }
 }
+
+/// One replica of a shared-store deployment: a bridge over the dedup store `cfg` names, with
+/// its own channel sink (delays on cue) and what it published.
+pub struct Replica {
+    pub bridge: Bridge,
+    pub sink: Arc<crate::sink::ChannelSink>,
+    pub rx: tokio::sync::mpsc::UnboundedReceiver<lark_protocol::event::Outgoing>,
+}
+
+impl Replica {
+    /// Connect `cfg`'s store and start the bridge; ready when this returns.
+    pub async fn start(cfg: Config) -> Replica {
+        let metrics = Arc::new(lark_bridge::metrics::Metrics::with_dedup_mode(
+            lark_bridge::metrics::Source::Webhook,
+            "channel",
+            cfg.dedup.backend.as_str(),
+            cfg.dedup.mode_label(),
+        ));
+        let dedup = lark_bridge::build_dedup(&cfg, &metrics)
+            .await
+            .expect("the store connects");
+        let (sink, rx) = crate::sink::ChannelSink::new();
+        let components = Components {
+            sink: sink.clone(),
+            dedup,
+            metrics,
+        };
+        let bridge = Bridge::start(cfg, components).await;
+        bridge.wait_ready(200).await;
+        Replica { bridge, sink, rx }
+    }
+
+    /// Ids published since the last call (the bridge answers only after the sink returned, so
+    /// everything published is already in the channel).
+    pub fn published(&mut self) -> Vec<String> {
+        let mut ids = Vec::new();
+        while let Ok(ev) = self.rx.try_recv() {
+            ids.push(ev.attrs.id);
+        }
+        ids
+    }
+}
+
+/// How often each id was published across `replicas` (since their last `published`).
+pub fn count_published(replicas: &mut [&mut Replica]) -> std::collections::HashMap<String, u32> {
+    let mut count = std::collections::HashMap::new();
+    for r in replicas.iter_mut() {
+        for id in r.published() {
+            *count.entry(id).or_default() += 1;
+        }
+    }
+    count
+}
+
+/// What [`race`] sent and saw.
+pub struct Race {
+    /// The events, in the order sent.
+    pub events: Vec<LarkRequest>,
+    /// Copies answered 503 (they met the other copy's reservation).
+    pub unavailable: u32,
+    /// Copies answered 200.
+    pub ok: u32,
+}
+
+/// Two replicas get the same `n` events at the same moment, each sink holding the winner in
+/// flight for 300 ms so that the other copy meets its reservation. Asserts what the shared store
+/// promises: every copy is answered 200 or 503, one of each pair 200, some copies overlapped,
+/// and each id was published exactly once across both sinks.
+pub async fn race(a: &mut Replica, b: &mut Replica, n: usize) -> Race {
+    a.sink.set_delay(Duration::from_millis(300));
+    b.sink.set_delay(Duration::from_millis(300));
+    let events: Vec<_> = (0..n).map(|i| ticket(&format!("hd_{i}"))).collect();
+    let answers = futures::future::join_all(events.iter().map(|ev| {
+        let (ua, ub) = (a.bridge.url.clone(), b.bridge.url.clone());
+        async move { tokio::join!(post(&ua, ev), post(&ub, ev)) }
+    }))
+    .await;
+    a.sink.set_delay(Duration::ZERO);
+    b.sink.set_delay(Duration::ZERO);
+    let (mut unavailable, mut ok) = (0, 0);
+    for (ev, ((sa, ba), (sb, bb))) in events.iter().zip(&answers) {
+        for (s, body) in [(sa, ba), (sb, bb)] {
+            assert!(*s == 200 || *s == 503, "{}: {s} {body}", ev.event_id);
+        }
+        assert!(
+            *sa == 200 || *sb == 200,
+            "{}: nobody published",
+            ev.event_id
+        );
+        unavailable += (*sa == 503) as u32 + (*sb == 503) as u32;
+        ok += (*sa == 200) as u32 + (*sb == 200) as u32;
+    }
+    assert!(unavailable > 0, "the copies never overlapped");
+    let mut count = count_published(&mut [&mut *a, &mut *b]);
+    for ev in &events {
+        assert_eq!(count.remove(&ev.event_id), Some(1), "{}", ev.event_id);
+    }
+    assert!(count.is_empty(), "published unknown ids: {count:?}");
+    Race {
+        events,
+        unavailable,
+        ok,
+    }
+}
+
+/// Lark's redelivery of `events` to both replicas at once: 200 from each, nothing published.
+pub async fn redeliver_to_both(a: &mut Replica, b: &mut Replica, events: &[LarkRequest]) {
+    for ev in events {
+        let (ra, rb) = tokio::join!(post(&a.bridge.url, ev), post(&b.bridge.url, ev));
+        assert_eq!((ra.0, rb.0), (200, 200), "{}: {ra:?} {rb:?}", ev.event_id);
+    }
+    assert!(count_published(&mut [&mut *a, &mut *b]).is_empty());
+}
+
+/// Assert that a published helpdesk CloudEvent (structured JSON) is valid against the schemas of
+/// its `dataschema`: the whole event's and, through it, its data's.
+pub fn assert_helpdesk_event_valid(ce: &serde_json::Value) {
+    let class = lark_protocol::event::EventClass::HELPDESK
+        .into_iter()
+        .find(|c| c.cloudevents_type() == ce["type"])
+        .unwrap_or_else(|| panic!("not a helpdesk type: {}", ce["type"]));
+    let data = class
+        .dataschema()
+        .strip_prefix("urn:lark-bridge:schema:")
+        .expect("a lark-bridge schema URN")
+        .replace(":v1", ".v1.json");
+    let v = schema_validator(&format!("cloudevent.{data}"), &data);
+    let errors: Vec<String> = v.iter_errors(ce).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}\n{ce:#}");
+}
