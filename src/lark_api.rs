@@ -187,6 +187,12 @@ impl LarkApi {
         })
     }
 
+    /// The deadline of a call that is not bounded by an event's budget (token, subscription):
+    /// every attempt its full `lark.api_timeout_ms`.
+    pub fn deadline(&self) -> Instant {
+        Instant::now() + self.timeout * ATTEMPTS
+    }
+
     /// True when the helpdesk calls can be made (app and helpdesk credentials set).
     pub fn can_call_helpdesk(&self) -> bool {
         self.app.is_some() && self.helpdesk_auth.is_some()
@@ -207,7 +213,7 @@ impl LarkApi {
             Api::Unsubscribe => "/open-apis/helpdesk/v1/events/unsubscribe",
             _ => "/open-apis/helpdesk/v1/events/subscribe",
         };
-        let deadline = Instant::now() + self.timeout * ATTEMPTS;
+        let deadline = self.deadline();
         let body = subscription_body(events);
         self.helpdesk_call(api, reqwest::Method::POST, path, Some(&body), deadline)
             .await

@@ -114,8 +114,7 @@ pub async fn run_command(cfg: &Config, args: &SubscribeArgs) -> Result<(), Strin
         cfg.dedup.backend.as_str(),
     ));
     let api = LarkApi::new(l, metrics).map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-    let deadline = std::time::Instant::now() + l.api_timeout * 3;
-    match api.tenant_token(deadline).await {
+    match api.tenant_token(api.deadline()).await {
         Ok(_) => println!("tenant_access_token: ok"),
         Err(e) => {
             println!("tenant_access_token: failed: {e}");

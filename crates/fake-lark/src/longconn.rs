@@ -998,13 +998,12 @@ pub async fn run_cli(
                         args.fragment_size,
                     );
                     println!("sent {msg} ({event_id}, {event_type})");
-                    let done = fake
-                        .wait_until(Duration::MAX, |f| {
-                            (f.acked(&msg) || f.attempts(&msg) >= args.max_attempts.max(1))
-                                .then_some(())
-                        })
-                        .await;
-                    let _ = done;
+                    // The next step of the story once this one is answered (or given up on).
+                    fake.wait_until(Duration::MAX, |f| {
+                        (f.acked(&msg) || f.attempts(&msg) >= args.max_attempts.max(1))
+                            .then_some(())
+                    })
+                    .await;
                     ids.push((msg, event_id));
                 }
             }
