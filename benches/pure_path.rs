@@ -4,14 +4,22 @@
 //! exactly as Lark sends it. Target: under 10 µs per event. Each stage is also measured alone,
 //! so a regression points at its layer.
 //!
+//! Measured with the binary's allocator (mimalloc), wrapped in a counter: after the timings it
+//! prints the heap allocations one whole pure path makes (issue 19).
+//!
 //! `cargo bench --bench pure_path` (add `-- --quick` for a short run).
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use lark_bridge::alloc_count::AllocStats;
 use lark_bridge::simulate::{lark_request, ticket_event, LarkRequest};
 use lark_protocol::normalize::ticket_created::normalize;
 use lark_protocol::{crypto, signature, EncryptKey, Inbound, SignatureHeaders, Verifier};
+
+#[global_allocator]
+static GLOBAL: lark_bridge::alloc_count::Counting<mimalloc::MiMalloc> =
+    lark_bridge::alloc_count::Counting(mimalloc::MiMalloc);
 
 const KEY: &str = "bench encrypt key";
 const TOKEN: &str = "bench verification token";
@@ -109,6 +117,24 @@ fn pure_path(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // Allocations of one whole pure path (the first run warms nothing that later runs reuse).
+    const RUNS: u64 = 1000;
+    let before = AllocStats::now();
+    for _ in 0..RUNS {
+        let Ok(Inbound::Event(ev)) = f.verifier.verify(sig(&f.req), black_box(&f.req.body), 0)
+        else {
+            unreachable!()
+        };
+        let mut warnings = Vec::new();
+        black_box(normalize(&ev, now_ms, &mut warnings).unwrap());
+    }
+    let used = AllocStats::now().since(before);
+    println!(
+        "allocations per pure path: {:.1} ({:.0} bytes)",
+        used.calls as f64 / RUNS as f64,
+        used.bytes as f64 / RUNS as f64
+    );
     println!(
         "fixture: plaintext {} B, request body {} B",
         f.plaintext.len(),

@@ -16,6 +16,7 @@
 //! - [`simulate`] — Lark's side of the push protocol, for the smoke test (and the load
 //!   generator of the `fake-lark` crate); [`redrive`] — dead letters back after a fix.
 
+pub mod alloc_count;
 pub mod config;
 pub mod dedup;
 pub mod entrance;

@@ -1,0 +1,76 @@
+//! A counting wrapper around a global allocator, for the benchmarks (issue 19): how many heap
+//! allocations a request costs, and how many bytes. Not the binary's allocator in production —
+//! `lark-bridge` counts only when built with the `alloc-count` feature (`bench/run.sh
+//! --allocs`), because every count is an atomic add on a cache line both workers share.
+//!
+//! Reallocations count as one allocation each (they are calls into the allocator all the same);
+//! frees are not counted separately (every allocation of a request is freed by its end).
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static CALLS: AtomicU64 = AtomicU64::new(0);
+static BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// `A`, counting every `alloc`, `alloc_zeroed` and `realloc` and the bytes asked for.
+pub struct Counting<A>(pub A);
+
+/// Allocations and bytes asked for since the process started (only when [`Counting`] is the
+/// global allocator; zero otherwise).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AllocStats {
+    /// Calls to `alloc`, `alloc_zeroed` and `realloc`.
+    pub calls: u64,
+    /// Bytes asked for by those calls.
+    pub bytes: u64,
+}
+
+impl AllocStats {
+    /// The counters now.
+    pub fn now() -> AllocStats {
+        AllocStats {
+            calls: CALLS.load(Ordering::Relaxed),
+            bytes: BYTES.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What happened between `earlier` and `self`.
+    pub fn since(self, earlier: AllocStats) -> AllocStats {
+        AllocStats {
+            calls: self.calls.saturating_sub(earlier.calls),
+            bytes: self.bytes.saturating_sub(earlier.bytes),
+        }
+    }
+}
+
+fn count(bytes: usize) {
+    CALLS.fetch_add(1, Ordering::Relaxed);
+    BYTES.fetch_add(bytes as u64, Ordering::Relaxed);
+}
+
+// SAFETY: every call is forwarded unchanged to `A`, which upholds GlobalAlloc's contract; the
+// counters are plain atomics and never allocate.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for Counting<A> {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { self.0.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { self.0.alloc_zeroed(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `A` with this layout (every allocation is forwarded to `A`).
+        unsafe { self.0.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count(new_size);
+        // SAFETY: forwarded unchanged; `ptr` came from `A` with `layout`.
+        unsafe { self.0.realloc(ptr, layout, new_size) }
+    }
+}
