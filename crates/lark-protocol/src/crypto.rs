@@ -83,17 +83,45 @@ pub fn decrypt_json(
     keys: &[EncryptKey],
     b64: &str,
 ) -> Result<serde_json::Map<String, serde_json::Value>, DecryptError> {
-    let raw = decode(b64)?;
+    decrypt_then(keys, b64, |plain| {
+        match serde_json::from_slice::<serde_json::Value>(plain) {
+            Ok(serde_json::Value::Object(m)) => Some(m),
+            _ => None,
+        }
+    })
+}
+
+/// Decrypt under the first of `keys` whose plaintext passes padding *and* is accepted by
+/// `accept` (which reads it and says whether it is what was expected, e.g. a JSON object; a
+/// wrong key passes padding about 1 time in 256). The plaintext is decrypted in place in the
+/// decoded buffer (a copy only for a key that is not the last one tried), so a request costs
+/// one buffer, not three. [`DecryptError::NotJson`] when padding passed but `accept` refused.
+pub fn decrypt_then<T>(
+    keys: &[EncryptKey],
+    b64: &str,
+    mut accept: impl FnMut(&[u8]) -> Option<T>,
+) -> Result<T, DecryptError> {
+    let mut raw = decode(b64)?;
+    let iv: [u8; 16] = raw[..16].try_into().expect("decode checked the length");
     let mut last = DecryptError::Padding;
-    for key in keys {
-        match decrypt_raw(key, &raw) {
-            Ok(plain) => match serde_json::from_slice::<serde_json::Value>(&plain) {
-                Ok(serde_json::Value::Object(m)) => return Ok(m),
-                _ => last = DecryptError::NotJson,
+    let mut spare = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let buf: &mut [u8] = if i + 1 == keys.len() {
+            &mut raw[16..]
+        } else {
+            spare.clear();
+            spare.extend_from_slice(&raw[16..]);
+            &mut spare
+        };
+        // The `cbc` crate's Pkcs7 unpadding checks 1..=16 and that every pad byte equals n.
+        match Dec::new((&key.aes).into(), (&iv).into()).decrypt_padded_mut::<Pkcs7>(buf) {
+            Ok(plain) => match accept(plain) {
+                Some(t) => return Ok(t),
+                None => last = DecryptError::NotJson,
             },
-            Err(e) => {
+            Err(_) => {
                 if last != DecryptError::NotJson {
-                    last = e
+                    last = DecryptError::Padding
                 }
             }
         }

@@ -1,6 +1,10 @@
 //! Body forms (lark-protocol.md §2): challenge, v2 event, legacy v1 event — detected from the
 //! decrypted JSON object, in the SDKs' order (`type`, then `schema`, then `uuid`).
 
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::Rejection;
@@ -43,8 +47,139 @@ pub(crate) struct EventParts {
     pub schema: Option<String>,
     pub token: Option<Value>,
     /// v2 header (for raw forwarding), verbatim.
-    pub header: Option<Map<String, Value>>,
+    pub header: Option<Header>,
     pub event: Value,
+}
+
+/// The v2 header as kept for raw forwarding: the parsed object (general path) or its JSON text
+/// (fast path), parsed only if an event is forwarded raw or dead-lettered.
+#[derive(Debug, Clone)]
+pub(crate) enum Header {
+    Map(Map<String, Value>),
+    Json(Box<RawValue>),
+}
+
+impl Header {
+    pub(crate) fn to_map(&self) -> Map<String, Value> {
+        match self {
+            Header::Map(m) => m.clone(),
+            // It was read as an object with these very bytes.
+            Header::Json(raw) => serde_json::from_str(raw.get()).unwrap_or_default(),
+        }
+    }
+}
+
+/// A decrypted (or plain) body that is a JSON object: either read by the fast path into the
+/// parts of an event, or as a whole object for [`detect`].
+#[derive(Debug)]
+pub(crate) enum Plain {
+    Event(Box<EventParts>),
+    Object(Map<String, Value>),
+}
+
+impl Plain {
+    /// The form of the body: the fast path's event as it is, any other object through
+    /// [`detect`].
+    pub(crate) fn detect(self) -> Result<Form, Rejection> {
+        match self {
+            Plain::Event(p) => Ok(Form::Event(p)),
+            Plain::Object(m) => detect(m),
+        }
+    }
+}
+
+/// Read a plaintext body: `Some` when it is a JSON object (else `None`, for the caller's error).
+/// A well-formed v2 event — the form of nearly every request — is read borrowed and typed
+/// ([`fast_v2`]); anything else is parsed into a map and goes through [`detect`].
+pub(crate) fn read_plaintext(plain: &[u8]) -> Option<Plain> {
+    if let Some(parts) = fast_v2(plain) {
+        return Some(Plain::Event(Box::new(parts)));
+    }
+    match serde_json::from_slice::<Value>(plain) {
+        Ok(Value::Object(m)) => Some(Plain::Object(m)),
+        _ => None,
+    }
+}
+
+/// Whether a JSON text is an object (its first non-blank byte is `{`). A derived struct would
+/// also accept an array of its fields in order; the fast paths must not.
+pub(crate) fn is_object_text(json: &[u8]) -> bool {
+    json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
+/// A key that sends the body to the general path whatever its value, `null` included.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
+}
+
+/// A v2 event exactly as [`detect`] would read it, when that is unambiguous; `None` sends the
+/// body to the general path, which then decides (and words any error) as before. Unambiguous
+/// means: an object without `type`, `uuid`, `challenge` or `encrypt` (which [`detect`] or the
+/// verifier look at), a non-empty string `schema`, an object `header` without duplicate keys
+/// whose `event_id` and `event_type` are non-empty strings and whose `app_id`, `tenant_key` and
+/// `token` are strings or null — anything else (a number where a string is expected, a
+/// duplicate key) fails the typed read and takes the general path.
+fn fast_v2(plain: &[u8]) -> Option<EventParts> {
+    #[derive(Deserialize)]
+    struct Body<'a> {
+        #[serde(borrow)]
+        schema: Cow<'a, str>,
+        #[serde(borrow)]
+        header: &'a RawValue,
+        #[serde(default)]
+        event: Value,
+        #[serde(rename = "type", default, deserialize_with = "present")]
+        ty: bool,
+        #[serde(default, deserialize_with = "present")]
+        uuid: bool,
+        #[serde(default, deserialize_with = "present")]
+        challenge: bool,
+        #[serde(default, deserialize_with = "present")]
+        encrypt: bool,
+    }
+    #[derive(Deserialize)]
+    struct Head<'a> {
+        #[serde(borrow)]
+        event_id: Cow<'a, str>,
+        #[serde(borrow)]
+        event_type: Cow<'a, str>,
+        #[serde(default)]
+        create_time: Option<Value>,
+        #[serde(borrow, default)]
+        app_id: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        tenant_key: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        token: Option<Cow<'a, str>>,
+    }
+    if !is_object_text(plain) {
+        return None;
+    }
+    let body: Body = serde_json::from_slice(plain).ok()?;
+    if body.ty || body.uuid || body.challenge || body.encrypt || body.schema.is_empty() {
+        return None;
+    }
+    let header_text = body.header.get();
+    if !is_object_text(header_text.as_bytes()) {
+        return None;
+    }
+    let head: Head = serde_json::from_str(header_text).ok()?;
+    if head.event_id.is_empty() || head.event_type.is_empty() {
+        return None;
+    }
+    let non_empty = |s: Option<Cow<str>>| s.filter(|s| !s.is_empty()).map(Cow::into_owned);
+    Some(EventParts {
+        version: Version::V2,
+        event_id: head.event_id.into_owned(),
+        event_type: head.event_type.into_owned(),
+        create_time: head.create_time,
+        app_id: non_empty(head.app_id),
+        tenant_key: non_empty(head.tenant_key),
+        schema: Some(body.schema.into_owned()),
+        token: head.token.map(|t| Value::String(t.into_owned())),
+        header: Some(Header::Json(body.header.to_owned())),
+        event: body.event,
+    })
 }
 
 fn str_field<'a>(m: &'a Map<String, Value>, k: &str) -> Result<Option<&'a str>, Rejection> {
@@ -126,7 +261,7 @@ pub(crate) fn detect(mut m: Map<String, Value>) -> Result<Form, Rejection> {
             schema: Some(schema),
             token: header.get("token").cloned(),
             event: m.remove("event").unwrap_or(Value::Null),
-            header: Some(header),
+            header: Some(Header::Map(header)),
         })));
     }
     if let Some(uuid) = uuid {

@@ -216,13 +216,6 @@ pub struct Outgoing {
     pub trace: Option<TraceContext>,
 }
 
-#[derive(Serialize)]
-struct Structured<'a> {
-    #[serde(flatten)]
-    attrs: &'a Attributes,
-    data: &'a serde_json::value::RawValue,
-}
-
 impl Outgoing {
     /// Serialize `data` once and wrap it in the structured envelope.
     pub fn new<D: Serialize>(
@@ -231,17 +224,23 @@ impl Outgoing {
         route: RouteVars,
         data: &D,
     ) -> Result<Outgoing, serde_json::Error> {
-        let data = serde_json::value::to_raw_value(data)?;
-        let structured = serde_json::to_vec(&Structured {
-            attrs: &attrs,
-            data: &data,
-        })?;
-        let data = Bytes::from(data.get().as_bytes().to_vec());
+        // One buffer: the attributes' object, reopened for `"data":…`; `data` is then a slice
+        // of the same bytes (no second serialization, no copy).
+        let mut buf = Vec::with_capacity(1024);
+        serde_json::to_writer(&mut buf, &attrs)?;
+        buf.pop(); // the attributes' closing `}` (they are never empty: specversion)
+        buf.extend_from_slice(b",\"data\":");
+        let start = buf.len();
+        serde_json::to_writer(&mut buf, data)?;
+        let end = buf.len();
+        buf.push(b'}');
+        let structured = Bytes::from(buf);
+        let data = structured.slice(start..end);
         Ok(Outgoing {
             class,
             attrs,
             route,
-            structured: Bytes::from(structured),
+            structured,
             data,
             msg_id_override: None,
             trace: None,

@@ -31,7 +31,9 @@ use subtle::ConstantTimeEq;
 pub use crypto::EncryptKey;
 pub use envelope::Version;
 
-use envelope::{EventParts, Form};
+use std::borrow::Cow;
+
+use envelope::{EventParts, Form, Plain};
 
 /// Why verification failed, as a metric label (`lark_bridge_verification_failures_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,7 +156,7 @@ impl VerifiedEvent {
     /// The v2 header without the verification token (raw forwarding).
     pub fn header_without_token(&self) -> Option<Map<String, Value>> {
         self.0.header.as_ref().map(|h| {
-            let mut h = h.clone();
+            let mut h = h.to_map();
             h.remove("token");
             h
         })
@@ -168,13 +170,19 @@ impl VerifiedEvent {
     /// the connection itself, so no token or signature; an encrypted payload or a challenge is
     /// refused.
     pub fn from_long_connection(payload: &[u8]) -> Result<VerifiedEvent, Rejection> {
-        let m = parse_object(payload)?;
-        if m.contains_key("encrypt") {
-            return Err(Rejection::bad_request(
-                "encrypted payload on the long connection",
-            ));
+        let plain = match envelope::read_plaintext(payload) {
+            Some(p) => p,
+            // Not an object: the general parse words the error.
+            None => return Err(parse_object(payload).err().unwrap_or(NOT_AN_OBJECT)),
+        };
+        if let Plain::Object(m) = &plain {
+            if m.contains_key("encrypt") {
+                return Err(Rejection::bad_request(
+                    "encrypted payload on the long connection",
+                ));
+            }
         }
-        match envelope::detect(m)? {
+        match plain.detect()? {
             Form::Event(p) => Ok(VerifiedEvent(*p)),
             Form::BadEvent { rejection, .. } => Err(rejection),
             Form::Challenge { .. } => {
@@ -225,6 +233,48 @@ const UNSIGNED: Rejection = Rejection::Unauthorized {
     msg: "missing signature headers: only a URL verification may be unsigned",
 };
 
+const NOT_AN_OBJECT: Rejection = Rejection::BadRequest {
+    reason: FailReason::Parse,
+    msg: "body is not a JSON object",
+};
+
+/// The outer body: `{"encrypt": "…"}` — the form of every encrypted request, read borrowed
+/// without building a map — or any other JSON object, parsed whole.
+enum Outer<'a> {
+    Encrypted(Cow<'a, str>),
+    Object(Map<String, Value>),
+}
+
+impl<'a> Outer<'a> {
+    fn parse(body: &'a [u8]) -> Result<Outer<'a>, Rejection> {
+        #[derive(serde::Deserialize)]
+        struct EncryptedBody<'a> {
+            #[serde(borrow)]
+            encrypt: Cow<'a, str>,
+        }
+        // Other keys are ignored, as the general path ignores them next to `encrypt`; a
+        // duplicate `encrypt` or a non-string one fails here and is decided by the general path.
+        if envelope::is_object_text(body) {
+            if let Ok(b) = serde_json::from_slice::<EncryptedBody>(body) {
+                return Ok(Outer::Encrypted(b.encrypt));
+            }
+        }
+        parse_object(body).map(Outer::Object)
+    }
+}
+
+fn decrypt_rejection(e: crypto::DecryptError) -> Rejection {
+    Rejection::BadRequest {
+        reason: FailReason::Decrypt,
+        msg: match e {
+            crypto::DecryptError::Base64 => "encrypt is not valid base64",
+            crypto::DecryptError::Length => "ciphertext length is invalid",
+            crypto::DecryptError::Padding => "ciphertext padding is invalid",
+            crypto::DecryptError::NotJson => "decrypted bytes are not a JSON object",
+        },
+    }
+}
+
 fn parse_object(body: &[u8]) -> Result<Map<String, Value>, Rejection> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
@@ -254,7 +304,7 @@ impl Verifier {
         now_secs: i64,
     ) -> Result<Inbound, Rejection> {
         // 2. The outer body must be a JSON object.
-        let outer = parse_object(body)?;
+        let outer = Outer::parse(body)?;
         // 3. Signature, when an encrypt key is configured.
         if !self.keys.is_empty() {
             match (headers.timestamp, headers.nonce, headers.signature) {
@@ -271,33 +321,34 @@ impl Verifier {
             }
         }
         // 4. Decrypt.
-        let plain = match outer.get("encrypt") {
-            None => outer,
-            Some(Value::String(ct)) => {
-                if self.keys.is_empty() {
-                    return Err(Rejection::bad_request(
-                        "encrypted body but no encrypt key configured",
-                    ));
+        let ciphertext = match &outer {
+            Outer::Encrypted(ct) => Some(ct.as_ref()),
+            Outer::Object(m) => match m.get("encrypt") {
+                None => None,
+                Some(Value::String(ct)) => Some(ct.as_str()),
+                Some(_) => {
+                    return Err(Rejection::BadRequest {
+                        reason: FailReason::Decrypt,
+                        msg: "encrypt is not a string",
+                    })
                 }
-                crypto::decrypt_json(&self.keys, ct).map_err(|e| Rejection::BadRequest {
-                    reason: FailReason::Decrypt,
-                    msg: match e {
-                        crypto::DecryptError::Base64 => "encrypt is not valid base64",
-                        crypto::DecryptError::Length => "ciphertext length is invalid",
-                        crypto::DecryptError::Padding => "ciphertext padding is invalid",
-                        crypto::DecryptError::NotJson => "decrypted bytes are not a JSON object",
-                    },
-                })?
+            },
+        };
+        let plain = match ciphertext {
+            Some(_) if self.keys.is_empty() => {
+                return Err(Rejection::bad_request(
+                    "encrypted body but no encrypt key configured",
+                ))
             }
-            Some(_) => {
-                return Err(Rejection::BadRequest {
-                    reason: FailReason::Decrypt,
-                    msg: "encrypt is not a string",
-                })
-            }
+            Some(ct) => crypto::decrypt_then(&self.keys, ct, envelope::read_plaintext)
+                .map_err(decrypt_rejection)?,
+            None => match outer {
+                Outer::Object(m) => Plain::Object(m),
+                Outer::Encrypted(_) => unreachable!("an encrypted body has a ciphertext"),
+            },
         };
         // 5. Detect the form; 6. token; 7. challenge; 8. event id and type (in detect).
-        match envelope::detect(plain)? {
+        match plain.detect()? {
             Form::Challenge { challenge, token } => {
                 self.check_token(token.as_ref())?;
                 Ok(Inbound::Challenge(challenge))
@@ -313,17 +364,21 @@ impl Verifier {
         }
     }
 
-    /// The unauthenticated path: only a challenge may pass, and every failure looks the same,
-    /// so an unsigned request cannot learn whether its ciphertext decrypted (no padding oracle).
-    fn unsigned_challenge(&self, outer: Map<String, Value>) -> Result<Inbound, Rejection> {
-        let plain = match outer.get("encrypt") {
-            None => outer,
+    fn unsigned_challenge(&self, outer: Outer<'_>) -> Result<Inbound, Rejection> {
+        let decrypt = |ct: &str| {
             // Longer than any challenge: refused before decrypting (no oracle to probe).
-            Some(Value::String(ct)) if ct.len() > MAX_UNSIGNED_ENCRYPT_LEN => return Err(UNSIGNED),
-            Some(Value::String(ct)) => {
-                crypto::decrypt_json_constant_shape(&self.keys, ct).ok_or(UNSIGNED)?
+            if ct.len() > MAX_UNSIGNED_ENCRYPT_LEN {
+                return Err(UNSIGNED);
             }
-            Some(_) => return Err(UNSIGNED),
+            crypto::decrypt_json_constant_shape(&self.keys, ct).ok_or(UNSIGNED)
+        };
+        let plain = match outer {
+            Outer::Encrypted(ct) => decrypt(&ct)?,
+            Outer::Object(m) => match m.get("encrypt") {
+                None => m,
+                Some(Value::String(ct)) => decrypt(ct)?,
+                Some(_) => return Err(UNSIGNED),
+            },
         };
         match envelope::detect(plain) {
             Ok(Form::Challenge { challenge, token }) => {

@@ -57,7 +57,7 @@ pub fn value_millis(v: Option<&Value>) -> Result<Option<i64>, NotANumber> {
         Some(Value::String(s)) => parse_millis(s),
         Some(Value::Number(n)) => {
             if let Some(i) = n.as_i64() {
-                parse_millis(&i.to_string())
+                int_millis(i)
             } else if n.is_u64() {
                 Err(NotANumber)
             } else {
@@ -69,16 +69,69 @@ pub fn value_millis(v: Option<&Value>) -> Result<Option<i64>, NotANumber> {
     }
 }
 
+/// [`parse_millis`] of an integer's decimal form, without writing it: the same magnitude rule,
+/// and more than 18 digits is not a number.
+fn int_millis(i: i64) -> Result<Option<i64>, NotANumber> {
+    if i <= 0 {
+        return Ok(None);
+    }
+    if i >= 1_000_000_000_000_000_000 {
+        return Err(NotANumber);
+    }
+    Ok(Some(if i < 100_000_000_000 {
+        i * 1000
+    } else if i < 100_000_000_000_000 {
+        i
+    } else {
+        i / 1000
+    }))
+}
+
 /// RFC 3339 UTC with milliseconds: `2020-12-23T12:19:49.000Z`. `None` outside the years
 /// 0000–9999: RFC 3339 has four-digit years only (chrono would write `+33658-…`, which the
 /// published schema refuses), and a 17- or 18-digit value read as microseconds lands there.
+///
+/// Written by hand (civil-from-days, H. Hinnant) rather than through chrono's formatter, which
+/// cost four times as much and runs up to four times per event (issue 19); a test holds it to
+/// chrono's output.
 pub fn rfc3339_millis(ms: i64) -> Option<String> {
-    use chrono::Datelike;
-    let t = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)?;
-    if !(0..=9999).contains(&t.year()) {
+    let secs = ms.div_euclid(1000);
+    let milli = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
+    let z = days.checked_add(719_468)?;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe.checked_add(era.checked_mul(400)?)? + i64::from(month <= 2);
+    if !(0..=9999).contains(&year) {
         return None;
     }
-    Some(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    let mut out = [0u8; 24];
+    let mut put = |at: usize, width: usize, mut v: i64| {
+        for i in (0..width).rev() {
+            out[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, sod / 3600);
+    put(14, 2, sod / 60 % 60);
+    put(17, 2, sod % 60);
+    put(20, 3, milli);
+    for (at, sep) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.')] {
+        out[at] = sep;
+    }
+    out[23] = b'Z';
+    // Only ASCII digits and separators were written.
+    Some(out.iter().map(|&b| b as char).collect())
 }
 
 #[cfg(test)]
@@ -129,6 +182,49 @@ mod tests {
             rfc3339_millis(1_616_920_429_000).unwrap(),
             "2021-03-28T08:33:49.000Z"
         );
+    }
+
+    #[test]
+    fn agrees_with_chrono_from_year_0_to_9999() {
+        use chrono::Datelike;
+        let chrono_fmt = |ms: i64| {
+            let t = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)?;
+            (0..=9999)
+                .contains(&t.year())
+                .then(|| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        };
+        let first = -62_167_219_200_000i64; // 0000-01-01T00:00:00.000Z
+        let last = 253_402_300_799_999i64; // 9999-12-31T23:59:59.999Z
+        let mut ms = first - 5;
+        // About 120,000 instants spread over the whole range, each day's edges included.
+        let step = (last - first) / 40_000;
+        while ms <= last + 5 {
+            for m in [ms, ms + 86_399_999, ms + 1, ms - 1] {
+                assert_eq!(rfc3339_millis(m), chrono_fmt(m), "{m}");
+            }
+            ms += step;
+        }
+        for m in [first, first - 1, last, last + 1, 0, -1, 951_782_400_000, i64::MIN, i64::MAX] {
+            assert_eq!(rfc3339_millis(m), chrono_fmt(m), "{m}");
+        }
+    }
+
+    #[test]
+    fn integers_follow_the_decimal_rule() {
+        for i in [
+            -5,
+            0,
+            1,
+            99_999_999_999,
+            100_000_000_000,
+            99_999_999_999_999,
+            100_000_000_000_000,
+            999_999_999_999_999_999,
+            1_000_000_000_000_000_000,
+            i64::MAX,
+        ] {
+            assert_eq!(int_millis(i), parse_millis(&i.to_string()), "{i}");
+        }
     }
 
     #[test]
