@@ -20,6 +20,8 @@
 #                 slow numbers never fail it. For scripts/test.sh.
 #   --wait-quiet  first wait up to S seconds for a moment with no rustc running (shared machine).
 #   --out DIR     also write results.json and results.md there.
+#   BENCH_LOG_LEVEL=L  the bridge's log level (default info, the shipped default), e.g. warn to
+#                 see what the per-request line costs.
 #   BENCH_BRIDGE=PATH  measure that lark-bridge binary instead of this tree's (an A/B against
 #                 another commit's release build, in the same quiet minutes).
 # Needs: cargo, python3, curl; nats-server/tansu from scripts/ensure-tools.sh; redis-server.
@@ -45,7 +47,7 @@ while [ $# -gt 0 ]; do
         --wait-quiet) WAIT_QUIET="$2"; shift ;;
         --out) OUT="$2"; shift ;;
         --keep) KEEP=1 ;;
-        -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "bench: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -253,7 +255,7 @@ bridge() {
         LARK_BRIDGE__LARK__ENCRYPT_KEY="$KEY" \
         LARK_BRIDGE__LARK__VERIFICATION_TOKEN="$TOKEN" \
         LARK_BRIDGE__LOG__FORMAT=json \
-        LARK_BRIDGE__LOG__LEVEL=info \
+        LARK_BRIDGE__LOG__LEVEL="${BENCH_LOG_LEVEL:-info}" \
         "$@" "$BRIDGE" >/dev/null 2>"$WORK/$name.bridge.log" &
     BRIDGE_PID=$!
     PIDS+=("$BRIDGE_PID")

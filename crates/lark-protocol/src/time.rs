@@ -95,8 +95,20 @@ fn int_millis(i: i64) -> Result<Option<i64>, NotANumber> {
 /// cost four times as much and runs up to four times per event (issue 19); a test holds it to
 /// chrono's output.
 pub fn rfc3339_millis(ms: i64) -> Option<String> {
-    let secs = ms.div_euclid(1000);
-    let milli = ms.rem_euclid(1000);
+    let date = rfc3339_seconds(ms.div_euclid(1000))?;
+    let mut out = String::with_capacity(24);
+    // Only ASCII digits and separators.
+    out.extend(date.iter().map(|&b| b as char));
+    out.push('.');
+    let milli = ms.rem_euclid(1000) as u32;
+    out.extend(digits::<3>(milli).iter().map(|&b| b as char));
+    out.push('Z');
+    Some(out)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` (UTC) of `secs` since the epoch, as ASCII; `None` outside the years
+/// 0000–9999. The shared part of [`rfc3339_millis`] and the log lines' timestamps.
+pub fn rfc3339_seconds(secs: i64) -> Option<[u8; 19]> {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     // Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
@@ -112,26 +124,24 @@ pub fn rfc3339_millis(ms: i64) -> Option<String> {
     if !(0..=9999).contains(&year) {
         return None;
     }
-    let mut out = [0u8; 24];
-    let mut put = |at: usize, width: usize, mut v: i64| {
-        for i in (0..width).rev() {
-            out[at + i] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
-    put(0, 4, year);
-    put(5, 2, month);
-    put(8, 2, day);
-    put(11, 2, sod / 3600);
-    put(14, 2, sod / 60 % 60);
-    put(17, 2, sod % 60);
-    put(20, 3, milli);
-    for (at, sep) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'.')] {
-        out[at] = sep;
+    let mut out = *b"0000-00-00T00:00:00";
+    out[0..4].copy_from_slice(&digits::<4>(year as u32));
+    out[5..7].copy_from_slice(&digits::<2>(month as u32));
+    out[8..10].copy_from_slice(&digits::<2>(day as u32));
+    out[11..13].copy_from_slice(&digits::<2>((sod / 3600) as u32));
+    out[14..16].copy_from_slice(&digits::<2>((sod / 60 % 60) as u32));
+    out[17..19].copy_from_slice(&digits::<2>((sod % 60) as u32));
+    Some(out)
+}
+
+/// The last `N` decimal digits of `v`, zero-padded, as ASCII.
+pub fn digits<const N: usize>(mut v: u32) -> [u8; N] {
+    let mut out = [b'0'; N];
+    for d in out.iter_mut().rev() {
+        *d = b'0' + (v % 10) as u8;
+        v /= 10;
     }
-    out[23] = b'Z';
-    // Only ASCII digits and separators were written.
-    Some(out.iter().map(|&b| b as char).collect())
+    out
 }
 
 #[cfg(test)]
@@ -204,7 +214,17 @@ mod tests {
             }
             ms += step;
         }
-        for m in [first, first - 1, last, last + 1, 0, -1, 951_782_400_000, i64::MIN, i64::MAX] {
+        for m in [
+            first,
+            first - 1,
+            last,
+            last + 1,
+            0,
+            -1,
+            951_782_400_000,
+            i64::MIN,
+            i64::MAX,
+        ] {
             assert_eq!(rfc3339_millis(m), chrono_fmt(m), "{m}");
         }
     }
