@@ -14,14 +14,23 @@
 #
 # Usage: bench/run.sh [--smoke] [--duration S] [--warmup S] [--concurrency C]
 #                     [--only baseline,stdout,nats,nats_redis,kafka] [--wait-quiet S]
-#                     [--out DIR] [--keep]
+#                     [--out DIR] [--keep] [--allocs] [--perf]
 #   --smoke       about a second per measurement on the debug build (BENCH_PROFILE=release to
 #                 override); exits non-zero only when a configuration does not answer 200 —
 #                 slow numbers never fail it. For scripts/test.sh.
 #   --wait-quiet  first wait up to S seconds for a moment with no rustc running (shared machine).
 #   --out DIR     also write results.json and results.md there.
+#   --allocs      count the bridge's heap allocations (LARK_BRIDGE_BENCH_COUNT_ALLOCATIONS=1)
+#                 and report them per request; the counting costs CPU, so its CPU figures are
+#                 not the ones to compare: run it as a separate pass.
+#   --perf        record each bridge with `perf record -e cpu-clock -g` and write its top
+#                 symbols (self time) to NAME.perf.txt in --out (or the work dir, with --keep);
+#                 perf costs CPU too: a separate pass.
 #   BENCH_LOG_LEVEL=L  the bridge's log level (default info, the shipped default), e.g. warn to
 #                 see what the per-request line costs.
+#   --before BIN  measure each bridge row twice in a row: first with that lark-bridge binary
+#                 (e.g. a release build of an older commit), then with this tree's — "today and
+#                 new" side by side from one run, each pair minutes apart at most.
 #   BENCH_BRIDGE=PATH  measure that lark-bridge binary instead of this tree's (an A/B against
 #                 another commit's release build, in the same quiet minutes).
 # Needs: cargo, python3, curl; nats-server/tansu from scripts/ensure-tools.sh; redis-server.
@@ -37,6 +46,10 @@ ONLY="baseline,stdout,nats,nats_redis,kafka"
 WAIT_QUIET=0
 OUT=""
 KEEP=0
+ALLOCS=0
+PERF=0
+BEFORE=""
+ROW_TAG=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --smoke) SMOKE=1 ;;
@@ -47,7 +60,10 @@ while [ $# -gt 0 ]; do
         --wait-quiet) WAIT_QUIET="$2"; shift ;;
         --out) OUT="$2"; shift ;;
         --keep) KEEP=1 ;;
-        -h | --help) sed -n '2,29p' "$0"; exit 0 ;;
+        --allocs) ALLOCS=1 ;;
+        --before) BEFORE="$2"; shift ;;
+        --perf) PERF=1 ;;
+        -h | --help) sed -n '2,38p' "$0"; exit 0 ;;
         *) echo "bench: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -153,6 +169,12 @@ sim() { # URL OUTFILE ARGS...
         --timeout-ms 3000 "$@" >"$out"
 }
 
+# The bridge's allocation counters ("calls bytes"), with --allocs.
+allocs() {
+    curl -s "$ADMIN_URL/metrics" | awk '/^lark_bridge_bench_allocations_total / { c = $2 }
+        /^lark_bridge_bench_allocated_bytes_total / { b = $2 } END { print (c ? c : 0), (b ? b : 0) }'
+}
+
 json_get() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {"d": d}))' "$@"; }
 
 # measure NAME URL PID : warm-up, peak, half-peak; appends one JSON line to results.jsonl.
@@ -181,16 +203,23 @@ measure() {
         [ "$(find "/proc/$simpid/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)" -lt $((CONCURRENCY + 3)) ]; do
         sleep 0.02
     done
+    local a0="0 0" a1="0 0"
+    [ "$ALLOCS" -eq 1 ] && [ "$name" != baseline ] && a0="$(allocs)"
     s0="$(cpu_ticks "$pid")"; b0=0; for p in ${BROKER_PIDS:-}; do b0=$((b0 + $(cpu_ticks "$p"))); done
     m0="$(busy_ticks)"; t0="$(date +%s.%N)"
     wait "$simpid"
     s1="$(cpu_ticks "$pid")"; b1=0; for p in ${BROKER_PIDS:-}; do b1=$((b1 + $(cpu_ticks "$p"))); done
     m1="$(busy_ticks)"; t1="$(date +%s.%N)"
-    python3 - "$WORK/$name.peak.json" "$((s1 - s0))" "$((b1 - b0))" "$((m1 - m0))" "$HZ" "$t0" "$t1" <<'EOF'
+    [ "$ALLOCS" -eq 1 ] && [ "$name" != baseline ] && a1="$(allocs)"
+    python3 - "$WORK/$name.peak.json" "$((s1 - s0))" "$((b1 - b0))" "$((m1 - m0))" "$HZ" "$t0" "$t1" $a0 $a1 <<'EOF'
 import json, sys
 path = sys.argv[1]
-server, brokers, busy, hz, t0, t1 = map(float, sys.argv[2:])
+server, brokers, busy, hz, t0, t1, c0, y0, c1, y1 = map(float, sys.argv[2:])
 d = json.load(open(path))
+if c1 > c0:
+    # The bridge's allocations in the window (its scrapes of /metrics included: two).
+    d["allocations_per_request"] = round((c1 - c0) / max(d["requests"], 1), 1)
+    d["allocated_bytes_per_request"] = round((y1 - y0) / max(d["requests"], 1))
 n, gen, wall = d["requests"], d.get("generator_cpu_seconds") or 0.0, t1 - t0
 server, brokers, busy = server / hz, brokers / hz, busy / hz
 # Per request, in µs of CPU; "other" is everything else busy in the window: kernel work not
@@ -209,13 +238,13 @@ EOF
     rss_after="$(rss_mib "$pid")"
     python3 - "$name" "$WORK/$name.peak.json" "$WORK/$name.half.json" "$rss_idle" "$rss_after" \
         "$rustc0" "$(rustc_count)" "$load0" "$(loadavg)" >>"$WORK/results.jsonl" <<'EOF'
-import json, sys
+import json, os, sys
 name, peak, half, rss0, rss1, r0, r1, l0, l1 = sys.argv[1:]
 num = lambda s: None if s in ("", "null") else float(s)
 print(json.dumps({"name": name, "peak": json.load(open(peak)), "half": json.load(open(half)),
                   "rss_idle_mib": num(rss0), "rss_after_mib": num(rss1),
                   "rustc_before": int(r0 or 0), "rustc_after": int(r1 or 0),
-                  "load_before": float(l0), "load_after": float(l1)}))
+                  "load_before": float(l0), "load_after": float(l1), "tag": os.environ.get("ROW_TAG", "")}))
 EOF
 }
 
@@ -248,6 +277,10 @@ start_tansu() {
 bridge() {
     local name="$1" port admin i
     shift
+    PERF_WRAP=()
+    if [ "$PERF" -eq 1 ]; then
+        PERF_WRAP=(perf record -q -e cpu-clock -F 999 -g -o "$WORK/$name${ROW_TAG:+.$ROW_TAG}.perf.data" --)
+    fi
     port="$(free_port)"
     admin="$(free_port)"
     env LARK_BRIDGE__SERVER__LISTEN="127.0.0.1:$port" \
@@ -256,10 +289,12 @@ bridge() {
         LARK_BRIDGE__LARK__VERIFICATION_TOKEN="$TOKEN" \
         LARK_BRIDGE__LOG__FORMAT=json \
         LARK_BRIDGE__LOG__LEVEL="${BENCH_LOG_LEVEL:-info}" \
-        "$@" "$BRIDGE" >/dev/null 2>"$WORK/$name.bridge.log" &
+        LARK_BRIDGE_BENCH_COUNT_ALLOCATIONS="$ALLOCS" \
+        "$@" "${PERF_WRAP[@]}" "$BRIDGE" >/dev/null 2>"$WORK/$name.bridge.log" &
     BRIDGE_PID=$!
     PIDS+=("$BRIDGE_PID")
     BRIDGE_URL="http://127.0.0.1:$port/webhook/event"
+    ADMIN_URL="http://127.0.0.1:$admin"
     for i in $(seq 1 600); do
         if [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$admin/readyz")" = 200 ]; then
             return 0
@@ -325,6 +360,15 @@ run_config() { # NAME : start what it needs, measure, stop
             ;;
     esac
     [ "$ok" -eq 1 ] || FAILED+=("$name")
+    if [ "$PERF" -eq 1 ] && [ -s "$WORK/$name${ROW_TAG:+.$ROW_TAG}.perf.data" ]; then
+        local dest="${OUT:-$WORK}"
+        mkdir -p "$dest"
+        # Self time by symbol: where the bridge's CPU went (kernel work on its behalf included).
+        perf report -i "$WORK/$name${ROW_TAG:+.$ROW_TAG}.perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
+            grep -E '^ +[0-9]' | head -n 40 |
+            sed -E 's/[[:space:]]+-[[:space:]]+-[[:space:]]*$//; s/[[:space:]]+$//; s/  +/  /g' >"$dest/$name${ROW_TAG:+.$ROW_TAG}.perf.txt" || true
+        log "$name: perf summary in $dest/$name${ROW_TAG:+.$ROW_TAG}.perf.txt"
+    fi
 }
 
 # ---------------------------------------------------------------- run
@@ -349,6 +393,14 @@ log "machine: $(cat "$WORK/machine.json")"
 
 for name in baseline stdout nats nats_redis kafka; do
     wants "$name" || continue
+    if [ -n "$BEFORE" ] && [ "$name" != baseline ]; then
+        AFTER="$BRIDGE"
+        BRIDGE="$BEFORE"
+        export ROW_TAG=before
+        run_config "$name" || FAILED+=("$name (before)")
+        BRIDGE="$AFTER"
+        export ROW_TAG=after
+    fi
     run_config "$name" || FAILED+=("$name")
 done
 
@@ -367,8 +419,8 @@ labels = {"baseline": "baseline (axum, read body, 200)", "stdout": "bridge → s
 targets = {"stdout": 0.7, "nats": 0.5, "nats_redis": 0.4}
 lines = [f"{machine['cores']} cores, {machine['cpu']}, Linux {machine['kernel']}; {machine['profile']} build; "
          f"concurrency {machine['concurrency']}, {machine['duration_s']:g} s per measurement",
-         "", "| configuration | req/s | ratio | target | p99 ms at peak | p99 ms at half peak | non-200 | CPU µs/req: server, brokers, generator, other | RSS idle → after MiB | rustc before/after |",
-         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
+         "", "| configuration | req/s | ratio | target | p99 ms at peak | p99 ms at half peak | non-200 | CPU µs/req: server, brokers, generator, other | allocations/req (bytes) | RSS idle → after MiB | rustc before/after |",
+         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |"]
 bad = []
 for r in rows:
     p, h = r["peak"], r["half"]
@@ -377,12 +429,15 @@ for r in rows:
     c = p.get("cpu_us_per_request")
     cpu = (f"{c['server']:.0f}, {c['brokers']:.0f}, {c['generator']:.0f}, {c['other']:.0f} "
            f"({p['cpu_cores_busy']} cores busy)") if c else ""
+    allocs = (f"{p['allocations_per_request']:g} ({p['allocated_bytes_per_request']:,})"
+              if "allocations_per_request" in p else "")
     t = targets.get(r["name"])
     # A debug build's numbers say nothing about the targets.
     tgt = f"≥ {t}" + (" ✓" if ratio >= t else " ✗") if t and not smoke else ""
-    lines.append(f"| {labels.get(r['name'], r['name'])} | {p['requests_per_sec']:.0f} | {ratio:.2f} | {tgt} | "
+    label = labels.get(r["name"], r["name"]) + (f" — {r['tag']}" if r.get("tag") else "")
+    lines.append(f"| {label} | {p['requests_per_sec']:.0f} | {ratio:.2f} | {tgt} | "
                  f"{p['latency_ms']['p99']:.2f} | {h['latency_ms']['p99']:.2f}{'' if smoke else ' ✓' if h['latency_ms']['p99'] < 10 else ' ✗'} | {non200} | "
-                 f"{cpu} | {r['rss_idle_mib']} → {r['rss_after_mib']} | {r['rustc_before']}/{r['rustc_after']} |")
+                 f"{cpu} | {allocs} | {r['rss_idle_mib']} → {r['rss_after_mib']} | {r['rustc_before']}/{r['rustc_after']} |")
     ok = p["status"].get("200", 0)
     # Breakage, not slowness: no 200 at all, or more than 1 % of answers something else.
     if ok == 0 or (p["requests"] - ok) * 100 > p["requests"]:

@@ -72,6 +72,7 @@ fn verify(f: &Fixture) -> lark_protocol::VerifiedEvent {
 }
 
 fn pure_path(c: &mut Criterion) {
+    lark_bridge::alloc_count::enable();
     let f = fixture();
     let now_ms = 1_700_000_000_000;
     let mut g = c.benchmark_group("pure_path");

@@ -1,14 +1,18 @@
 //! A counting wrapper around a global allocator, for the benchmarks (issue 19): how many heap
-//! allocations a request costs, and how many bytes. Not the binary's allocator in production —
-//! `lark-bridge` counts only when built with the `alloc-count` feature (`bench/run.sh
-//! --allocs`), because every count is an atomic add on a cache line both workers share.
+//! allocations a request costs, and how many bytes. `lark-bridge`'s allocator is mimalloc
+//! wrapped in this, counting only once [`enable`]d — with `LARK_BRIDGE_BENCH_COUNT_ALLOCATIONS=1`
+//! in its environment, which `bench/run.sh` sets — because every count is an atomic add on a
+//! cache line all workers share. Off, the wrapper costs one relaxed load of a flag that never
+//! changes per allocation. On, `/metrics` also shows `lark_bridge_bench_allocations_total` and
+//! `lark_bridge_bench_allocated_bytes_total`.
 //!
 //! Reallocations count as one allocation each (they are calls into the allocator all the same);
 //! frees are not counted separately (every allocation of a request is freed by its end).
 
 use std::alloc::{GlobalAlloc, Layout};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+static ENABLED: AtomicBool = AtomicBool::new(false);
 static CALLS: AtomicU64 = AtomicU64::new(0);
 static BYTES: AtomicU64 = AtomicU64::new(0);
 
@@ -43,7 +47,21 @@ impl AllocStats {
     }
 }
 
+/// Start counting (the benchmarks; `LARK_BRIDGE_BENCH_COUNT_ALLOCATIONS=1` for the binary).
+pub fn enable() {
+    ENABLED.store(true, Ordering::Relaxed);
+}
+
+/// Whether counting is on.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+#[inline]
 fn count(bytes: usize) {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return;
+    }
     CALLS.fetch_add(1, Ordering::Relaxed);
     BYTES.fetch_add(bytes as u64, Ordering::Relaxed);
 }

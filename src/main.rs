@@ -9,8 +9,12 @@ use lark_bridge::config::{Config, SecretFiles};
 /// mimalloc instead of glibc malloc: malloc/free were 10–20 % of the bridge's CPU in the
 /// benchmark's profiles, much of it buffers allocated on one worker thread and freed on
 /// another, which glibc's per-thread arenas handle poorly (BENCHMARKS.md).
+///
+/// Wrapped in a counter that counts only in benchmarks (`LARK_BRIDGE_BENCH_COUNT_ALLOCATIONS=1`,
+/// see `lark_bridge::alloc_count`); off, it costs a relaxed load per allocation.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: lark_bridge::alloc_count::Counting<mimalloc::MiMalloc> =
+    lark_bridge::alloc_count::Counting(mimalloc::MiMalloc);
 
 unsafe extern "C" {
     /// mimalloc's own: free what the calling thread's heap holds and purge freed pages back to
@@ -75,6 +79,9 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    if std::env::var_os("LARK_BRIDGE_BENCH_COUNT_ALLOCATIONS").is_some_and(|v| v == "1") {
+        lark_bridge::alloc_count::enable();
+    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -716,6 +716,21 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
+        let mut text = String::from_utf8(buf).unwrap_or_default();
+        if crate::alloc_count::enabled() {
+            // Benchmarks only (`LARK_BRIDGE_BENCH_COUNT_ALLOCATIONS=1`): not a metric to alert
+            // on, so not in the registry or the docs' metric list.
+            let a = crate::alloc_count::AllocStats::now();
+            text.push_str(&format!(
+                "# HELP lark_bridge_bench_allocations_total Heap allocations since start (only with LARK_BRIDGE_BENCH_COUNT_ALLOCATIONS=1).\n\
+                 # TYPE lark_bridge_bench_allocations_total counter\n\
+                 lark_bridge_bench_allocations_total {}\n\
+                 # HELP lark_bridge_bench_allocated_bytes_total Bytes asked of the allocator since start (only with LARK_BRIDGE_BENCH_COUNT_ALLOCATIONS=1).\n\
+                 # TYPE lark_bridge_bench_allocated_bytes_total counter\n\
+                 lark_bridge_bench_allocated_bytes_total {}\n",
+                a.calls, a.bytes
+            ));
+        }
+        text
     }
 }
