@@ -48,7 +48,7 @@ pub(crate) struct EventParts {
     pub token: Option<Value>,
     /// v2 header (for raw forwarding), verbatim.
     pub header: Option<Header>,
-    pub event: Value,
+    pub event: EventBody,
 }
 
 /// The v2 header as kept for raw forwarding: the parsed object (general path) or its JSON text
@@ -66,6 +66,46 @@ impl Header {
             // It was read as an object with these very bytes.
             Header::Json(raw) => serde_json::from_str(raw.get()).unwrap_or_default(),
         }
+    }
+}
+
+/// Lark's `event` object: parsed (general path), or its JSON text (fast path), parsed into a
+/// `Value` only if something asks for one — the typed normalizers read the text directly.
+#[derive(Debug, Clone)]
+pub(crate) struct EventBody {
+    json: Option<Box<RawValue>>,
+    value: std::sync::OnceLock<Value>,
+}
+
+impl EventBody {
+    pub(crate) fn parsed(v: Value) -> EventBody {
+        EventBody {
+            json: None,
+            value: std::sync::OnceLock::from(v),
+        }
+    }
+
+    pub(crate) fn json(raw: Box<RawValue>) -> EventBody {
+        EventBody {
+            json: Some(raw),
+            value: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The event as a `Value` (parsed on first use on the fast path; the text was read as valid
+    /// JSON already, so this cannot fail).
+    pub(crate) fn value(&self) -> &Value {
+        self.value.get_or_init(|| {
+            self.json
+                .as_ref()
+                .and_then(|raw| serde_json::from_str(raw.get()).ok())
+                .unwrap_or(Value::Null)
+        })
+    }
+
+    /// The event's JSON text, when it was kept as text.
+    pub(crate) fn text(&self) -> Option<&str> {
+        self.json.as_deref().map(RawValue::get)
     }
 }
 
@@ -126,8 +166,8 @@ fn fast_v2(plain: &[u8]) -> Option<EventParts> {
         schema: Cow<'a, str>,
         #[serde(borrow)]
         header: &'a RawValue,
-        #[serde(default)]
-        event: Value,
+        #[serde(borrow, default)]
+        event: Option<&'a RawValue>,
         #[serde(rename = "type", default, deserialize_with = "present")]
         ty: bool,
         #[serde(default, deserialize_with = "present")]
@@ -178,7 +218,10 @@ fn fast_v2(plain: &[u8]) -> Option<EventParts> {
         schema: Some(body.schema.into_owned()),
         token: head.token.map(|t| Value::String(t.into_owned())),
         header: Some(Header::Json(body.header.to_owned())),
-        event: body.event,
+        event: match body.event {
+            Some(raw) => EventBody::json(raw.to_owned()),
+            None => EventBody::parsed(Value::Null),
+        },
     })
 }
 
@@ -260,7 +303,7 @@ pub(crate) fn detect(mut m: Map<String, Value>) -> Result<Form, Rejection> {
             tenant_key: opt_string(&header, "tenant_key"),
             schema: Some(schema),
             token: header.get("token").cloned(),
-            event: m.remove("event").unwrap_or(Value::Null),
+            event: EventBody::parsed(m.remove("event").unwrap_or(Value::Null)),
             header: Some(Header::Map(header)),
         })));
     }
@@ -298,7 +341,7 @@ pub(crate) fn detect(mut m: Map<String, Value>) -> Result<Form, Rejection> {
             schema: None,
             token: m.remove("token"),
             header: None,
-            event,
+            event: EventBody::parsed(event),
         })));
     }
     Err(Rejection::bad_request(

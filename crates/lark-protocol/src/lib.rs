@@ -163,7 +163,13 @@ impl VerifiedEvent {
     }
     /// Lark's `event` object as sent (v1: without the top-level token, which is outside it).
     pub fn event(&self) -> &Value {
-        &self.0.event
+        self.0.event.value()
+    }
+
+    /// Lark's `event` object as JSON text, when the fast path kept it so (typed normalizers read
+    /// it without building a `Value`).
+    pub(crate) fn event_json(&self) -> Option<&str> {
+        self.0.event.text()
     }
 
     /// An event from Lark's long connection (lark-longconn.md §4): plain JSON, authenticated by

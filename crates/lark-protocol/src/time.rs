@@ -55,17 +55,20 @@ pub fn value_millis(v: Option<&Value>) -> Result<Option<i64>, NotANumber> {
     match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => parse_millis(s),
-        Some(Value::Number(n)) => {
-            if let Some(i) = n.as_i64() {
-                int_millis(i)
-            } else if n.is_u64() {
-                Err(NotANumber)
-            } else {
-                // A float: serde_json prints the shortest form that round-trips.
-                parse_millis(&n.to_string())
-            }
-        }
+        Some(Value::Number(n)) => number_millis(n),
         Some(_) => Err(NotANumber),
+    }
+}
+
+/// Milliseconds from a JSON number, by the same rule as its decimal form.
+pub fn number_millis(n: &serde_json::Number) -> Result<Option<i64>, NotANumber> {
+    if let Some(i) = n.as_i64() {
+        int_millis(i)
+    } else if n.is_u64() {
+        Err(NotANumber)
+    } else {
+        // A float: serde_json prints the shortest form that round-trips.
+        parse_millis(&n.to_string())
     }
 }
 

@@ -119,7 +119,12 @@ pub fn normalize(
     received_ms: i64,
     warnings: &mut Warnings,
 ) -> Result<Outgoing, NormalizeError> {
-    let data = ticket_data(ev.event(), warnings)?;
+    // The event's text read typed when it can be (no `Value`, strings borrowed); the general
+    // path otherwise, with the same rules (`fields::ticket_fields_from`).
+    let data = match ev.event_json().and_then(fields::fast_ticket) {
+        Some(typed) => fields::ticket_fields_typed(typed, warnings)?,
+        None => ticket_data(ev.event(), warnings)?,
+    };
     helpdesk_event(
         ev,
         received_ms,
