@@ -14,6 +14,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, Criterion, Throughput};
 use lark_bridge::alloc_count::AllocStats;
 use lark_bridge::simulate::{lark_request, ticket_event, LarkRequest};
+use lark_protocol::event::Outgoing;
 use lark_protocol::normalize::ticket_created::normalize;
 use lark_protocol::{crypto, signature, EncryptKey, Inbound, SignatureHeaders, Verifier};
 
@@ -71,6 +72,15 @@ fn verify(f: &Fixture) -> lark_protocol::VerifiedEvent {
     }
 }
 
+/// The whole pure path of one request, as the handler and pipeline run it.
+fn whole_path(f: &Fixture, now_ms: i64) -> Outgoing {
+    let Ok(Inbound::Event(ev)) = f.verifier.verify(sig(&f.req), black_box(&f.req.body), 0) else {
+        unreachable!()
+    };
+    let mut warnings = Vec::new();
+    normalize(&ev, now_ms, &mut warnings).unwrap()
+}
+
 fn pure_path(c: &mut Criterion) {
     lark_bridge::alloc_count::enable();
     let f = fixture();
@@ -78,17 +88,8 @@ fn pure_path(c: &mut Criterion) {
     let mut g = c.benchmark_group("pure_path");
     g.throughput(Throughput::Elements(1));
 
-    // The whole pure path of one request, as the handler and pipeline run it.
     g.bench_function("verify_decrypt_parse_normalize_serialize", |b| {
-        b.iter(|| {
-            let Ok(Inbound::Event(ev)) = f.verifier.verify(sig(&f.req), black_box(&f.req.body), 0)
-            else {
-                unreachable!()
-            };
-            let mut warnings = Vec::new();
-            let out = normalize(&ev, now_ms, &mut warnings).unwrap();
-            black_box(out.structured.len())
-        })
+        b.iter(|| black_box(whole_path(&f, now_ms).structured.len()))
     });
 
     // The stages alone.
@@ -123,12 +124,7 @@ fn pure_path(c: &mut Criterion) {
     const RUNS: u64 = 1000;
     let before = AllocStats::now();
     for _ in 0..RUNS {
-        let Ok(Inbound::Event(ev)) = f.verifier.verify(sig(&f.req), black_box(&f.req.body), 0)
-        else {
-            unreachable!()
-        };
-        let mut warnings = Vec::new();
-        black_box(normalize(&ev, now_ms, &mut warnings).unwrap());
+        black_box(whole_path(&f, now_ms));
     }
     let used = AllocStats::now().since(before);
     println!(
@@ -155,12 +151,7 @@ fn main() {
     {
         let f = fixture();
         for _ in 0..runs {
-            let Ok(Inbound::Event(ev)) = f.verifier.verify(sig(&f.req), black_box(&f.req.body), 0)
-            else {
-                unreachable!()
-            };
-            let mut warnings = Vec::new();
-            black_box(normalize(&ev, 1_700_000_000_000, &mut warnings).unwrap());
+            black_box(whole_path(&f, 1_700_000_000_000));
         }
         return;
     }

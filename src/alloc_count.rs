@@ -19,8 +19,8 @@ static BYTES: AtomicU64 = AtomicU64::new(0);
 /// `A`, counting every `alloc`, `alloc_zeroed` and `realloc` and the bytes asked for.
 pub struct Counting<A>(pub A);
 
-/// Allocations and bytes asked for since the process started (only when [`Counting`] is the
-/// global allocator; zero otherwise).
+/// Allocations and bytes asked for while counting was on (only when [`Counting`] is the global
+/// allocator and [`enable`] was called; zero otherwise).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AllocStats {
     /// Calls to `alloc`, `alloc_zeroed` and `realloc`.

@@ -89,9 +89,6 @@ pub fn init_with(cfg: &LogConfig, extra: Option<ExtraLayer>) -> bool {
         .is_ok()
 }
 
-/// A text log writer that escapes every control character of a line (as `\u{…}`) except the
-/// newline that ends it: one event is one line, whatever its fields hold. The fmt layer
-/// formats each event into one buffer and writes it with one `write_all`.
 /// The JSON log line, in the shape of tracing-subscriber's JSON format with the event's fields
 /// flattened and the current span (`{"timestamp":…,"level":"INFO",<fields>,"span":{<its
 /// fields>,"name":…}}`), written straight into the line buffer. tracing-subscriber's own
@@ -258,6 +255,9 @@ impl<W: std::fmt::Write> Visit for JsonFieldsVisitor<'_, W> {
     }
 }
 
+/// A text log writer that escapes every control character of a line (as `\u{…}`) except the
+/// newline that ends it: one event is one line, whatever its fields hold. The fmt layer
+/// formats each event into one buffer and writes it with one `write_all`.
 pub struct LineWriter<W: Write>(pub W);
 
 impl<W: Write> Write for LineWriter<W> {

@@ -21,15 +21,17 @@ pub(crate) fn object(v: Option<&Value>) -> &Map<String, Value> {
 }
 
 /// One field of Lark's event as the rules below read it, whether it came from a parsed
-/// `serde_json::Value` (general path) or from the typed, borrowed read of [`fast_ticket`]: both
-/// paths go through the same rules, so they cannot disagree on what a value means.
-#[derive(Debug, Clone)]
+/// `serde_json::Value` (general path) or from the typed, borrowed read of [`fast_ticket`]
+/// (deserialized without allocating unless a string holds escapes): both paths go through the
+/// same rules, so they cannot disagree on what a value means.
+#[derive(Debug, Clone, Default)]
 pub(crate) enum Field<'a> {
+    #[default]
     Missing,
     Null,
     Number(serde_json::Number),
-    Str(&'a str),
-    /// A boolean, an array or an object.
+    Str(Cow<'a, str>),
+    /// A boolean, an array or an object (the rules never read into them).
     Other,
 }
 
@@ -39,93 +41,69 @@ impl<'a> From<Option<&'a Value>> for Field<'a> {
             None => Field::Missing,
             Some(Value::Null) => Field::Null,
             Some(Value::Number(n)) => Field::Number(n.clone()),
-            Some(Value::String(s)) => Field::Str(s),
+            Some(Value::String(s)) => Field::Str(Cow::Borrowed(s)),
             Some(_) => Field::Other,
         }
     }
 }
 
-impl<'a> From<&'a Scalar<'a>> for Field<'a> {
-    fn from(v: &'a Scalar<'a>) -> Field<'a> {
-        match v {
-            Scalar::Missing => Field::Missing,
-            Scalar::Null => Field::Null,
-            Scalar::Number(n) => Field::Number(n.clone()),
-            Scalar::Str(s) => Field::Str(s),
-            Scalar::Other => Field::Other,
-        }
-    }
-}
-
-/// A field of the typed read: any JSON value, kept without allocating unless it is a string
-/// with escapes. Arrays and objects are skipped (`Other`): the rules never read into them.
-#[derive(Debug, Default)]
-pub(crate) enum Scalar<'a> {
-    #[default]
-    Missing,
-    Null,
-    Number(serde_json::Number),
-    Str(Cow<'a, str>),
-    Other,
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
+impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V<'a>(std::marker::PhantomData<&'a ()>);
         impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = Scalar<'a>;
+            type Value = Field<'a>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("any JSON value")
             }
-            fn visit_unit<E>(self) -> Result<Scalar<'a>, E> {
-                Ok(Scalar::Null)
+            fn visit_unit<E>(self) -> Result<Field<'a>, E> {
+                Ok(Field::Null)
             }
-            fn visit_none<E>(self) -> Result<Scalar<'a>, E> {
-                Ok(Scalar::Null)
+            fn visit_none<E>(self) -> Result<Field<'a>, E> {
+                Ok(Field::Null)
             }
-            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Scalar<'a>, D::Error> {
-                Scalar::deserialize(d)
+            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Field<'a>, D::Error> {
+                Field::deserialize(d)
             }
-            fn visit_bool<E>(self, _: bool) -> Result<Scalar<'a>, E> {
-                Ok(Scalar::Other)
+            fn visit_bool<E>(self, _: bool) -> Result<Field<'a>, E> {
+                Ok(Field::Other)
             }
-            fn visit_i64<E>(self, v: i64) -> Result<Scalar<'a>, E> {
-                Ok(Scalar::Number(v.into()))
+            fn visit_i64<E>(self, v: i64) -> Result<Field<'a>, E> {
+                Ok(Field::Number(v.into()))
             }
-            fn visit_u64<E>(self, v: u64) -> Result<Scalar<'a>, E> {
-                Ok(Scalar::Number(v.into()))
+            fn visit_u64<E>(self, v: u64) -> Result<Field<'a>, E> {
+                Ok(Field::Number(v.into()))
             }
-            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Scalar<'a>, E> {
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Field<'a>, E> {
                 // serde_json reads no NaN or infinity; a float too large is an error there too.
                 serde_json::Number::from_f64(v)
-                    .map(Scalar::Number)
+                    .map(Field::Number)
                     .ok_or_else(|| E::custom("not a finite number"))
             }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Scalar<'a>, E> {
-                Ok(Scalar::Str(Cow::Borrowed(v)))
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Field<'a>, E> {
+                Ok(Field::Str(Cow::Borrowed(v)))
             }
-            fn visit_str<E>(self, v: &str) -> Result<Scalar<'a>, E> {
-                Ok(Scalar::Str(Cow::Owned(v.to_string())))
+            fn visit_str<E>(self, v: &str) -> Result<Field<'a>, E> {
+                Ok(Field::Str(Cow::Owned(v.to_string())))
             }
-            fn visit_string<E>(self, v: String) -> Result<Scalar<'a>, E> {
-                Ok(Scalar::Str(Cow::Owned(v)))
+            fn visit_string<E>(self, v: String) -> Result<Field<'a>, E> {
+                Ok(Field::Str(Cow::Owned(v)))
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
                 mut a: A,
-            ) -> Result<Scalar<'a>, A::Error> {
+            ) -> Result<Field<'a>, A::Error> {
                 while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(Scalar::Other)
+                Ok(Field::Other)
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 mut a: A,
-            ) -> Result<Scalar<'a>, A::Error> {
+            ) -> Result<Field<'a>, A::Error> {
                 while a
                     .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
                     .is_some()
                 {}
-                Ok(Scalar::Other)
+                Ok(Field::Other)
             }
         }
         d.deserialize_any(V(std::marker::PhantomData))
@@ -204,7 +182,7 @@ pub(crate) fn status<'a>(v: impl Into<Field<'a>>) -> Labelled {
 /// A required id: a non-blank string, or an integer turned into its decimal string.
 pub(crate) fn id_string<'a>(v: impl Into<Field<'a>>) -> Option<String> {
     match v.into() {
-        Field::Str(s) if !s.trim().is_empty() => Some(s.to_string()),
+        Field::Str(s) if !s.trim().is_empty() => Some(s.into_owned()),
         Field::Number(n) if n.is_u64() || n.is_i64() => Some(n.to_string()),
         _ => None,
     }
@@ -213,7 +191,7 @@ pub(crate) fn id_string<'a>(v: impl Into<Field<'a>>) -> Option<String> {
 /// A string, or `None` for anything else.
 pub(crate) fn opt_str<'a>(v: impl Into<Field<'a>>) -> Option<String> {
     match v.into() {
-        Field::Str(s) => Some(s.to_string()),
+        Field::Str(s) => Some(s.into_owned()),
         _ => None,
     }
 }
@@ -227,7 +205,7 @@ pub(crate) fn timestamp<'a>(
 ) -> Option<String> {
     let ms = match v.into() {
         Field::Missing | Field::Null => Ok(None),
-        Field::Str(s) => time::parse_millis(s),
+        Field::Str(s) => time::parse_millis(&s),
         Field::Number(n) => time::number_millis(&n),
         Field::Other => Err(time::NotANumber),
     };
@@ -434,29 +412,29 @@ impl UserIn<'_> {
 #[derive(Deserialize)]
 pub(crate) struct TicketIn<'a> {
     #[serde(borrow, default)]
-    ticket_id: Scalar<'a>,
+    ticket_id: Field<'a>,
     #[serde(borrow, default)]
-    helpdesk_id: Scalar<'a>,
+    helpdesk_id: Field<'a>,
     #[serde(borrow, default)]
     guest: Option<UserIn<'a>>,
     #[serde(borrow, default)]
-    stage: Scalar<'a>,
+    stage: Field<'a>,
     #[serde(borrow, default)]
-    status: Scalar<'a>,
+    status: Field<'a>,
     #[serde(borrow, default)]
-    score: Scalar<'a>,
+    score: Field<'a>,
     #[serde(borrow, default)]
-    solve: Scalar<'a>,
+    solve: Field<'a>,
     #[serde(borrow, default)]
-    channel: Scalar<'a>,
+    channel: Field<'a>,
     #[serde(borrow, default)]
-    created_at: Scalar<'a>,
+    created_at: Field<'a>,
     #[serde(borrow, default)]
-    updated_at: Scalar<'a>,
+    updated_at: Field<'a>,
     #[serde(borrow, default)]
-    closed_at: Scalar<'a>,
+    closed_at: Field<'a>,
     #[serde(borrow, default)]
-    chat_id: Scalar<'a>,
+    chat_id: Field<'a>,
     #[serde(borrow, default)]
     customized_fields: Option<&'a RawValue>,
 }
@@ -486,17 +464,17 @@ pub(crate) fn ticket_fields_typed(
     };
     ticket_fields_from(
         TicketFieldsIn {
-            ticket_id: (&e.ticket_id).into(),
-            helpdesk_id: (&e.helpdesk_id).into(),
-            stage: (&e.stage).into(),
-            status: (&e.status).into(),
-            score: (&e.score).into(),
-            solve: (&e.solve).into(),
-            channel: (&e.channel).into(),
-            created_at: (&e.created_at).into(),
-            updated_at: (&e.updated_at).into(),
-            closed_at: (&e.closed_at).into(),
-            chat_id: (&e.chat_id).into(),
+            ticket_id: e.ticket_id,
+            helpdesk_id: e.helpdesk_id,
+            stage: e.stage,
+            status: e.status,
+            score: e.score,
+            solve: e.solve,
+            channel: e.channel,
+            created_at: e.created_at,
+            updated_at: e.updated_at,
+            closed_at: e.closed_at,
+            chat_id: e.chat_id,
         },
         e.guest.map(UserIn::into_user),
         customized,
@@ -626,13 +604,7 @@ mod tests {
             "closed_at",
             "chat_id",
         ];
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut next = crate::test_picker(0x2545_f491_4f6c_dd1du64);
         let mut typed_taken = 0;
         for _ in 0..20_000 {
             let mut members = Vec::new();
